@@ -1,0 +1,103 @@
+"""Preprocessing and augmentation, derived from a model's config.
+
+A model declares its input size and normalisation once (``PreprocessConfig``);
+the train and eval pipelines are built from it here and never restated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What a model expects as input: square size and per-channel mean/std (0..1 scale)."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if not 8 <= int(self.input_size) <= 1024:
+            raise ValueError(f"input_size must be between 8 and 1024 pixels, got {self.input_size}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {self.mean} / {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be positive, got {self.std}")
+
+
+@dataclass
+class AugmentationConfig:
+    """Training-time augmentation; ``enabled=False`` turns all of it off."""
+
+    enabled: bool = field(default=True, metadata={"help": "apply augmentation to training images"})
+    rotation_degrees: float = field(default=12.0, metadata={"help": "max random rotation (degrees)"})
+    brightness: float = field(default=0.3, metadata={"help": "brightness jitter factor (0 = off)"})
+    contrast: float = field(default=0.3, metadata={"help": "contrast jitter factor (0 = off)"})
+    horizontal_flip: bool = field(default=True, metadata={"help": "random left-right flip"})
+    crop_scale_min: float = field(
+        default=0.8, metadata={"help": "random-resized-crop minimum area fraction (1 = no crop)"}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rotation_degrees <= 180:
+            raise ValueError(f"rotation_degrees must be in [0, 180], got {self.rotation_degrees}")
+        for name in ("brightness", "contrast"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} jitter must be in [0, 1), got {value}")
+        if not 0.1 <= self.crop_scale_min <= 1.0:
+            raise ValueError(f"crop_scale_min must be in [0.1, 1], got {self.crop_scale_min}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError("expected an HxWx3 uint8 array (decode with emotion.images.load_image_array)")
+    if not image.flags.writeable or not image.flags.c_contiguous:
+        image = np.array(image, order="C")  # cached arrays are read-only; torch wants its own
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
+def build_transform(
+    preprocess: PreprocessConfig, augmentation: AugmentationConfig | None = None, train: bool = False
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """HxWx3 uint8 array -> normalised float CHW tensor of the model's input size.
+
+    Train mode adds the configured augmentation; eval mode only resizes.
+    """
+    size = int(preprocess.input_size)
+    ops: list = [v2.Lambda(_to_tensor)]
+    aug = augmentation if (train and augmentation is not None and augmentation.enabled) else None
+    if aug is not None and aug.crop_scale_min < 1.0:
+        ops.append(v2.RandomResizedCrop(size, scale=(aug.crop_scale_min, 1.0), ratio=(0.9, 1.1),
+                                        antialias=True))
+    else:
+        ops.append(v2.Resize((size, size), antialias=True))
+    if aug is not None:
+        if aug.horizontal_flip:
+            ops.append(v2.RandomHorizontalFlip())
+        if aug.rotation_degrees > 0:
+            ops.append(v2.RandomRotation(aug.rotation_degrees))
+        if aug.brightness > 0 or aug.contrast > 0:
+            ops.append(v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(preprocess.mean), list(preprocess.std))]
+    return v2.Compose(ops)
+
+
+def denormalize(tensor: torch.Tensor, preprocess: PreprocessConfig) -> np.ndarray:
+    """Undo normalisation for display: CHW float tensor -> HxWx3 uint8 array."""
+    mean = torch.tensor(preprocess.mean).view(3, 1, 1)
+    std = torch.tensor(preprocess.std).view(3, 1, 1)
+    img = (tensor.detach().cpu().float() * std + mean).clamp(0, 1)
+    return (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
