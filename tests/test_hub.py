@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_class_folders
-from emotion.data.hub import hub_reachable
+from emotion.hf_hub import hub_reachable
 from emotion.data.sources import DatasetError, load_dataset_spec
 
 

@@ -13,45 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
-from urllib.parse import urlparse
 
 from emotion.data.sources import DatasetError, DatasetSplits, load_folder_dataset
+from emotion.hf_hub import hub_reachable, offline_hub, offline_message
 
 logger = logging.getLogger(__name__)
 
-HUB_TIMEOUT_S = 3.0
 _EVAL_SPLITS = ("test", "validation", "valid", "val")
-
-
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to the Hub endpoint opens within ``timeout`` seconds."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
-        "HF_DATASETS_OFFLINE", ""
-    ).lower() in ("1", "true", "yes"):
-        return False
-    url = urlparse(hub_endpoint())
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def offline_message(what: str) -> str:
-    return (
-        f"cannot reach the Hugging Face Hub ({hub_endpoint()}) to download {what}: this machine "
-        "looks offline. Download it on a connected machine (it lands in ~/.cache/huggingface), "
-        "or export it to class folders (train/<class>/*.png) and pass that folder instead."
-    )
+_ALTERNATIVE = "export it to class folders (train/<class>/*.png) and pass that folder instead"
 
 
 def _safe_name(text: str) -> str:
@@ -98,15 +70,13 @@ def _load_cached_offline(datasets, spec: str):
 
     cached = Path(constants.HF_HUB_CACHE) / f"datasets--{spec.replace('/', '--')}"
     if not cached.is_dir():
-        raise DatasetError(offline_message(f"dataset {spec!r}"))
-    saved = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
-    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+        raise DatasetError(offline_message(f"dataset {spec!r}", _ALTERNATIVE))
     try:
-        return datasets.load_dataset(spec)
+        with offline_hub():
+            return datasets.load_dataset(spec)
     except Exception as exc:
-        raise DatasetError(f"{offline_message(f'dataset {spec!r}')} (cached copy unusable: {exc})") from None
-    finally:
-        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+        raise DatasetError(f"{offline_message(f'dataset {spec!r}', _ALTERNATIVE)} "
+                           f"(cached copy unusable: {exc})") from None
 
 
 def _columns(ds) -> tuple[str, str, list[str]]:

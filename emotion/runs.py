@@ -1,0 +1,120 @@
+"""Self-describing run folders, like ``save_pretrained``: config and labels beside the weights.
+
+A run folder holds ``config.json`` (model name, build options, input size,
+weights it started from, training config, data), ``labels.json`` and
+``model.safetensors``; :func:`load_run` rebuilds the network from those files
+alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from torch import nn
+
+from emotion.models import ModelConfig, ModelError, create_model
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+PROGRESS_FILE = "progress.jsonl"
+STATUS_FILE = "status.json"
+
+
+class RunError(ModelError):
+    """A run folder is missing, incomplete or damaged; the message says which file."""
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically so a reader (the app) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing: is this a run folder?") from None
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path} is not valid JSON ({exc})") from None
+
+
+def build_options(module: nn.Module, config: ModelConfig) -> dict[str, Any]:
+    """The keyword arguments that rebuild exactly this architecture with ``create_model``."""
+    if "vit" in config.extra:  # vit_custom
+        return {k: v for k, v in config.extra["vit"].items() if k != "image_size"}
+    vit = getattr(module, "vit", None)
+    if vit is not None and hasattr(vit, "config"):  # hf_vit
+        return {"hf_config": vit.config.to_dict()}
+    return {}
+
+
+def save_model(run_dir: Union[str, Path], module: nn.Module, config: ModelConfig, labels: list[str],
+               weights_source: str, extra: Optional[dict] = None) -> Path:
+    """Write weights, labels and config into ``run_dir``."""
+    from safetensors.torch import save_model as save_safetensors
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (WEIGHTS_FILE + ".tmp")
+    save_safetensors(module, str(tmp))
+    os.replace(tmp, run_dir / WEIGHTS_FILE)
+    write_json(run_dir / LABELS_FILE, list(labels))
+    spec = {
+        "model": config.name,
+        "num_classes": len(labels),
+        "input_size": config.input_size,
+        "build_options": build_options(module, config),
+        "weights_source": weights_source,
+        "model_config": config.to_dict(),
+        **(extra or {}),
+    }
+    write_json(run_dir / CONFIG_FILE, spec)
+    return run_dir
+
+
+@dataclass
+class LoadedRun:
+    module: nn.Module
+    config: ModelConfig
+    labels: list[str]
+    spec: dict
+    path: Path
+
+
+def load_run(run_dir: Union[str, Path]) -> LoadedRun:
+    """Rebuild the model saved in ``run_dir`` (eval mode, on CPU)."""
+    from safetensors.torch import load_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run folder {run_dir} does not exist")
+    spec = read_json(run_dir / CONFIG_FILE)
+    labels = read_json(run_dir / LABELS_FILE)
+    weights = run_dir / WEIGHTS_FILE
+    if not weights.exists():
+        raise RunError(f"{weights} is missing: the run did not finish or was moved")
+    options = dict(spec.get("build_options", {}))
+    if spec["model"] == "hf_vit":
+        options["labels"] = labels
+    built = create_model(spec["model"], len(labels), pretrained=False, input_size=spec["input_size"], **options)
+    try:
+        load_model(built.module, str(weights), device="cpu")
+    except Exception as exc:
+        raise RunError(f"{weights} does not match the architecture in {run_dir / CONFIG_FILE}: {exc}") from None
+    built.module.eval()
+    return LoadedRun(built.module, built.config, list(labels), spec, run_dir)

