@@ -87,6 +87,21 @@ def save_model(run_dir: Union[str, Path], module: nn.Module, config: ModelConfig
     return run_dir
 
 
+def save_ensemble(run_dir: Union[str, Path], members: list[Union[str, Path]],
+                  weights: Optional[list[float]] = None) -> Path:
+    """An ensemble run: a config naming its member runs (no weights of its own)."""
+    from emotion.models.ensemble import build_ensemble
+
+    run_dir = Path(run_dir)
+    _, config, labels = build_ensemble(members, weights)  # validates members and weights
+    refs = [os.path.relpath(Path(m).resolve(), run_dir.resolve()) for m in members]
+    write_json(run_dir / LABELS_FILE, labels)
+    write_json(run_dir / CONFIG_FILE, {"model": "ensemble", "members": refs, "weights": weights,
+                                       "num_classes": len(labels), "input_size": config.input_size,
+                                       "model_config": config.to_dict(), "weights_source": "members"})
+    return run_dir
+
+
 @dataclass
 class LoadedRun:
     module: nn.Module
@@ -105,6 +120,14 @@ def load_run(run_dir: Union[str, Path]) -> LoadedRun:
         raise RunError(f"run folder {run_dir} does not exist")
     spec = read_json(run_dir / CONFIG_FILE)
     labels = read_json(run_dir / LABELS_FILE)
+    if spec.get("model") == "ensemble":
+        from emotion.models.ensemble import build_ensemble
+
+        members = [Path(m) if Path(m).is_absolute() else run_dir / m for m in spec["members"]]
+        module, config, member_labels = build_ensemble(members, spec.get("weights"))
+        if member_labels != labels:
+            raise RunError(f"{run_dir} labels {labels} differ from its members' {member_labels}")
+        return LoadedRun(module, config, list(labels), spec, run_dir)
     weights = run_dir / WEIGHTS_FILE
     if not weights.exists():
         raise RunError(f"{weights} is missing: the run did not finish or was moved")

@@ -87,7 +87,8 @@ class TrainConfig:
     report_to: str = field(default="none", metadata={"help": "tracker: none, wandb, mlflow or tensorboard"})
     seed: int = field(default=0, metadata={"help": "seed for init, shuffling, augmentation and splits"})
     num_workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
-    bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 autocast (default: if supported)"})
+    bf16: Optional[bool] = field(default=None, metadata={
+        "help": "bf16 autocast (default: on GPUs, and for ViTs on CPUs with native bf16)"})
     resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in the run folder"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep intermediate checkpoints after success"})
     exclude_file: Optional[str] = field(default=None, metadata={"help": "JSON list of images to leave out"})
@@ -109,6 +110,12 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.report_to not in TRACKERS:
             raise ValueError(f"report_to must be one of {TRACKERS}, got {self.report_to!r}")
+        if self.report_to != "none":
+            import importlib.util
+
+            if importlib.util.find_spec(self.report_to) is None:
+                raise ValueError(f"--report-to {self.report_to} needs the {self.report_to} package: "
+                                 f"pip install {self.report_to}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.early_stopping_patience < 0:
@@ -301,7 +308,10 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
     model_cfg = built.config
     data = prepare_data(config, splits, model_cfg.input_size, model_cfg.preprocess)
     on_cuda = torch.cuda.is_available()
-    use_bf16 = config.bf16 if config.bf16 is not None else (on_cuda or cpu_supports_bf16())
+    # On CPU, bf16 autocast speeds up the transformer's matmuls but slows depthwise/small
+    # convolutions (benchmarks/train_speed.py: lite0 46 vs 92 img/s), so "auto" uses it for ViTs only.
+    use_bf16 = config.bf16 if config.bf16 is not None else (
+        on_cuda or (cpu_supports_bf16() and model_cfg.family == "vit"))
     # channels-last inputs make oneDNN pick its fast NHWC convolutions; the weights stay
     # contiguous so checkpoints serialise as they are
     channels_last = model_cfg.family == "cnn"

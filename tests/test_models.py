@@ -154,3 +154,28 @@ def test_run_folder_rebuilds_the_model(tmp_path: Path, name: str) -> None:
     x = torch.randn(2, 3, built.config.input_size, built.config.input_size)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), built.module.eval()(x))
+
+
+def test_ensemble_of_two_runs_averages_probabilities(tmp_path: Path) -> None:
+    from emotion.data.transforms import build_transform
+    from emotion.runs import save_ensemble
+
+    labels = ["a", "b", "c"]
+    a = create_model("vit_custom", 3, input_size=48)
+    b = create_model("efficientnet_lite0", 3, input_size=32)
+    save_model(tmp_path / "a", a.module, a.config, labels, a.weights)
+    save_model(tmp_path / "b", b.module, b.config, labels, b.weights)
+    save_ensemble(tmp_path / "ens", [tmp_path / "a", tmp_path / "b"], weights=[3.0, 1.0])
+    ens = load_run(tmp_path / "ens")
+    assert ens.config.family == "ensemble" and ens.config.input_size == 48 and ens.labels == labels
+    img = torch.randint(0, 256, (48, 48, 3), dtype=torch.uint8).numpy()
+    with torch.no_grad():
+        p_ens = ens.module(build_transform(ens.config.preprocess)(img)[None]).softmax(-1)
+        p_a = a.module.eval()(build_transform(a.config.preprocess)(img)[None]).softmax(-1)
+        p_b = b.module.eval()(build_transform(b.config.preprocess)(img)[None]).softmax(-1)
+    torch.testing.assert_close(p_ens, 0.75 * p_a + 0.25 * p_b, atol=2e-3, rtol=0)
+    save_model(tmp_path / "d", a.module, a.config, ["x", "y", "z"], a.weights)
+    with pytest.raises(ModelError, match="disagree on classes"):
+        save_ensemble(tmp_path / "bad", [tmp_path / "a", tmp_path / "d"])
+    with pytest.raises(ModelError, match="at least 2"):
+        save_ensemble(tmp_path / "one", [tmp_path / "a"])

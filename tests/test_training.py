@@ -125,3 +125,26 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     metrics = read_json(out / "metrics.json")
     assert metrics["steps"] == 4
     assert read_json(out / "status.json")["state"] == "completed"
+
+
+def test_hf_vit_trains_from_a_local_pretrained_folder(tmp_path: Path) -> None:
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       image_size=32, patch_size=8)).save_pretrained(tmp_path / "tiny")
+    config = _config(tmp_path, model="hf_vit", pretrained=str(tmp_path / "tiny"), image_size=None,
+                     max_steps=2)
+    train(config)
+    spec = read_json(Path(config.output_dir) / "config.json")
+    assert spec["weights_source"] == f"local:{tmp_path / 'tiny'}" and spec["input_size"] == 32
+    loaded = load_run(config.output_dir)
+    assert loaded.module.vit.config.id2label[2] == "sad"
+
+
+def test_missing_tracker_package_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mlflow" else real(n, *a))
+    with pytest.raises(ValueError, match="pip install mlflow"):
+        TrainConfig(report_to="mlflow")

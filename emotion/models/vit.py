@@ -21,7 +21,8 @@ class ViTConfig:
     """Shape of the from-scratch ViT; defaults suit 48x48 faces on a CPU."""
 
     image_size: int = field(default=48, metadata={"help": "input side in pixels"})
-    patch_size: int = field(default=4, metadata={"help": "patch side; image_size must be a multiple"})
+    patch_size: int = field(default=6, metadata={"help": "patch side; image_size must be a multiple "
+                                                               "(6 on 48px faces gives an 8x8 token grid)"})
     dim: int = field(default=192, metadata={"help": "token width"})
     depth: int = field(default=6, metadata={"help": "number of encoder blocks"})
     heads: int = field(default=3, metadata={"help": "attention heads; must divide dim"})

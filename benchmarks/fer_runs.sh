@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The FER2013 angry/happy/sad training runs recorded in docs/TRAINING.md.
+# Train: the shared train split minus a stratified 10% validation split (seed 0);
+# test: the shared PublicTest split. Usage: bash benchmarks/fer_runs.sh [model ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/datasets/fer2013}
+OUT=${OUT:-checkpoints/runs}
+run() { python -m emotion train --data "$DATA" --classes angry,happy,sad --output-dir "$OUT/fer3-$1" --model "$@"; }
+for model in "${@:-efficientnet_lite0 vit_custom resnet34 efficientnet_b4 vgg16}"; do
+  case $model in
+    efficientnet_lite0) run efficientnet_lite0 --image-size 64 --epochs 12 --batch-size 64 ;;
+    vit_custom)         run vit_custom --from-scratch --image-size 48 --epochs 20 --batch-size 128 --early-stopping-patience 5 ;;
+    resnet34)           run resnet34 --from-scratch --image-size 48 --epochs 8 --batch-size 64 ;;
+    efficientnet_b4)    run efficientnet_b4 --from-scratch --image-size 48 --epochs 8 --batch-size 64 ;;
+    vgg16)              run vgg16 --from-scratch --image-size 48 --epochs 5 --batch-size 64 --learning-rate 1e-4 ;;
+    *) echo "unknown model $model" >&2; exit 2 ;;
+  esac
+done
