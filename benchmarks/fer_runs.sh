@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets/fer2013}
 OUT=${OUT:-checkpoints/runs}
 run() { python -m emotion train --data "$DATA" --classes angry,happy,sad --output-dir "$OUT/fer3-$1" --model "$@"; }
-for model in "${@:-efficientnet_lite0 vit_custom resnet34 efficientnet_b4 vgg16}"; do
+models=("$@")
+[ ${#models[@]} -eq 0 ] && models=(efficientnet_lite0 vit_custom resnet34 efficientnet_b4 vgg16)
+for model in "${models[@]}"; do
   case $model in
     efficientnet_lite0) run efficientnet_lite0 --image-size 64 --epochs 12 --batch-size 64 ;;
     vit_custom)         run vit_custom --from-scratch --image-size 48 --epochs 20 --batch-size 128 --early-stopping-patience 5 ;;

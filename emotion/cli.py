@@ -112,10 +112,187 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_list(text: Optional[str]) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def _setup_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True,
+                   help="run folder: a trained run, an ensemble or checkpoints/default")
+    _add_data_args(p)
+    p.set_defaults(seed=None)  # None: split an unsplit folder with the run's training seed
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="split to score; 'val' is the data's val split, else the share of train the run "
+                        "held out")
+    p.add_argument("--tta", action="store_true",
+                   help="average each image's probabilities with its mirror image's")
+    p.add_argument("--fit-temperature", action="store_true",
+                   help="first fit a temperature on the run's validation images (saved in the run folder as "
+                        "temperature.json) so calibrated ECE is reported")
+    p.add_argument("--bins", type=int, default=15, help="confidence bins for ECE and the reliability curve")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--speed", action="store_true", help="also measure batch-1 latency and throughput")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: GPU if there is one)")
+    p.add_argument("--no-save", action="store_true", help="do not store the result under RUN/evaluations/")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from emotion.evaluation import auto_device, evaluate_run, fit_run_temperature, format_report
+    from emotion.runs import load_run
+
+    if args.bins < 1 or args.batch_size < 1:
+        raise ConfigError(f"--bins and --batch-size must be at least 1, got {args.bins} / {args.batch_size}")
+    run = load_run(args.run)
+    device = auto_device(args.device)
+    if args.fit_temperature:
+        fit_run_temperature(run, args.data, classes=args.classes, seed=args.seed, batch_size=args.batch_size,
+                            tta=args.tta, device=device, save=True)
+    result = evaluate_run(run, args.data, split=args.split, classes=args.classes, seed=args.seed,
+                          tta=args.tta, batch_size=args.batch_size, n_bins=args.bins, device=device,
+                          speed=args.speed, save=not args.no_save)
+    print(json.dumps(result, indent=2, default=str) if args.json else format_report(result))
+    return 0
+
+
+def _setup_ensemble(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", required=True, help="comma-separated member run folders (at least 2)")
+    p.add_argument("--output-dir", required=True, help="folder for the ensemble run")
+    p.add_argument("--weights", default=None, help="fixed member weights, e.g. 0.7,0.3 (default: equal)")
+    p.add_argument("--fit-weights", action="store_true",
+                   help="fit member weights on validation images of --data (never the test split)")
+    p.add_argument("--data", default=None,
+                   help="dataset for --fit-weights: folder path, 'synthetic' or 'hf:<id>'")
+    p.add_argument("--classes", default=None, help="comma-separated class subset of --data (default: all)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for the 80/20 split of an unsplit folder (default: the members' training seed)")
+    p.add_argument("--objective", default="nll", choices=("nll", "macro_f1"),
+                   help="what --fit-weights optimises on validation images")
+    p.add_argument("--step", type=float, default=0.05, help="--fit-weights grid step on the weight simplex")
+    p.add_argument("--tta", action="store_true", help="fit on flip-averaged predictions")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="cpu, cuda ... (default: GPU if there is one)")
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    import json
+
+    from emotion.evaluation import auto_device, create_ensemble
+
+    members = _comma_list(args.runs)
+    if args.fit_weights and not args.data:
+        raise ConfigError("--fit-weights needs --data DATA to take validation images from")
+    if args.data and not args.fit_weights:
+        raise ConfigError("--data is only used with --fit-weights; add --fit-weights or drop --data")
+    if args.fit_weights and args.weights:
+        raise ConfigError("give either --weights or --fit-weights, not both")
+    try:
+        weights = [float(w) for w in _comma_list(args.weights)] or None
+    except ValueError:
+        raise ConfigError(f"--weights {args.weights!r} must be comma-separated numbers, "
+                          "e.g. 0.7,0.3") from None
+    try:
+        made = create_ensemble(members, args.output_dir, weights=weights,
+                               fit_data=args.data if args.fit_weights else None, classes=args.classes,
+                               seed=args.seed, objective=args.objective, step=args.step,
+                               batch_size=args.batch_size, tta=args.tta, device=auto_device(args.device))
+    except ValueError as exc:  # option values create_ensemble rejects (e.g. --step 0.3)
+        if isinstance(exc, _user_errors()):
+            raise
+        raise ConfigError(str(exc)) from None
+    print(json.dumps(made, indent=2, default=str))
+    return 0
+
+
+def _setup_benchmark(p: argparse.ArgumentParser) -> None:
+    from emotion.benchmark import DEFAULT_MODELS
+    from emotion.training import DEFAULT_RUNS_DIR
+
+    _add_data_args(p)
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help="comma-separated models; 'ensemble' combines trained ones (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for benchmark.md, benchmark.csv and benchmark.json")
+    p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR),
+                   help="where runs are trained, or found with --reuse (default: %(default)s)")
+    p.add_argument("--reuse", action="store_true",
+                   help="use a completed run of the same model, data and classes from --runs-dir "
+                        "when there is one")
+    p.add_argument("--epochs", type=float, default=10, help="maximum training epochs per model")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop each training after this many steps")
+    p.add_argument("--batch-size", type=int, default=64, help="training images per step")
+    p.add_argument("--image-size", default=None,
+                   help="input side for every model, and/or per model: 48 or 48,efficientnet_lite0=64 "
+                        "(default: each model's own)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train the CNNs (and hf_vit) from random weights on purpose; vit_custom always is")
+    p.add_argument("--train-option", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other training setting, e.g. early_stopping_patience=0 (repeatable)")
+    p.add_argument("--ensemble-members", default=None,
+                   help="comma-separated models to ensemble (default: the two best by validation macro-F1)")
+    p.add_argument("--fit-ensemble-weights", action="store_true",
+                   help="fit ensemble weights on validation images (default: equal weights)")
+    p.add_argument("--split", default="test", help="split to score every model on")
+    p.add_argument("--tta", action="store_true", help="score with horizontal-flip test-time augmentation")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="fit no temperatures (a run's stored temperature is still reported)")
+    p.add_argument("--latency-repeats", type=int, default=20, help="timed batch-1 forward passes per model")
+    p.add_argument("--throughput-batch", type=int, default=32,
+                   help="batch size for the throughput measurement")
+    p.add_argument("--eval-batch-size", type=int, default=64, help="images per forward pass when scoring")
+    p.add_argument("--device", default="auto",
+                   help="device for scoring and timing (default: GPU if there is one)")
+    p.add_argument("--json", action="store_true",
+                   help="print the JSON document instead of the Markdown table")
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from emotion.benchmark import (
+        RESULT_FILES,
+        BenchmarkConfig,
+        parse_image_sizes,
+        parse_train_options,
+        run_benchmark,
+        to_markdown,
+    )
+    from emotion.evaluation import auto_device
+
+    if args.latency_repeats < 1 or args.throughput_batch < 1 or args.eval_batch_size < 1:
+        raise ConfigError("--latency-repeats, --throughput-batch and --eval-batch-size must be at least 1")
+    size, sizes = parse_image_sizes(args.image_size)
+    members = _comma_list(args.ensemble_members) if args.ensemble_members else None
+    config = BenchmarkConfig(
+        data=args.data, out=Path(args.out), models=_comma_list(args.models), classes=args.classes,
+        runs_dir=Path(args.runs_dir), epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        image_size=size, image_sizes=sizes, from_scratch=args.from_scratch, reuse=args.reuse,
+        ensemble_members=members, fit_ensemble_weights=args.fit_ensemble_weights, split=args.split,
+        tta=args.tta, calibrate=not args.no_calibrate, seed=args.seed, eval_batch_size=args.eval_batch_size,
+        latency_repeats=args.latency_repeats, throughput_batch=args.throughput_batch,
+        device=str(auto_device(args.device)), train_options=parse_train_options(args.train_option),
+    )
+    doc = run_benchmark(config)
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(to_markdown(doc))
+        print("written: " + ", ".join(str(config.out / name) for name in RESULT_FILES))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "audit": ("check a dataset for corrupt, blank, duplicate and leaked images", _setup_audit, _cmd_audit),
     "train": ("train a model into a run folder", _setup_train, _cmd_train),
     "models": ("list the registered models", lambda p: None, _cmd_models),
+    "evaluate": ("score a run on a dataset split: metrics, calibration, size, speed", _setup_evaluate,
+                 _cmd_evaluate),
+    "ensemble": ("combine trained runs into an ensemble run", _setup_ensemble, _cmd_ensemble),
+    "benchmark": ("train or reuse several models, ensemble them and tabulate test scores", _setup_benchmark,
+                  _cmd_benchmark),
 }
 
 

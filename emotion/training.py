@@ -92,6 +92,10 @@ class TrainConfig:
     resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in the run folder"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep intermediate checkpoints after success"})
     exclude_file: Optional[str] = field(default=None, metadata={"help": "JSON list of images to leave out"})
+    face_crop: bool = field(default=False, metadata={
+        "help": "crop faces with MTCNN first (cached; for photos, not for tight crops like FER)"})
+    face_margin: float = field(default=0.2, metadata={"help": "face crop: margin around the box"})
+    face_on_miss: str = field(default="whole", metadata={"help": "face crop: whole, center or skip on no face"})
     evaluate_test: bool = field(default=True, metadata={"help": "also score the held-out test split at the end"})
 
     def __post_init__(self) -> None:
@@ -116,6 +120,8 @@ class TrainConfig:
             if importlib.util.find_spec(self.report_to) is None:
                 raise ValueError(f"--report-to {self.report_to} needs the {self.report_to} package: "
                                  f"pip install {self.report_to}")
+        if self.face_on_miss not in ("whole", "center", "skip"):
+            raise ValueError(f"face_on_miss must be whole, center or skip, got {self.face_on_miss!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.early_stopping_patience < 0:
@@ -237,12 +243,20 @@ class PreparedData:
     test: Optional[FaceImageDataset]
     skipped: dict[str, str]
     val_source: str
+    face_report: Optional[dict] = None
 
 
 def prepare_data(config: TrainConfig, splits: DatasetSplits, input_size: int, preprocess) -> PreparedData:
     """Exclude, split and decode the data once; unreadable files are skipped and reported."""
+    face_report = None
+    if config.face_crop:
+        from emotion.faces import CropConfig, crop_dataset
+
+        crop = CropConfig(margin=config.face_margin, size=max(input_size, 64), on_miss=config.face_on_miss)
+        splits, face_report = crop_dataset(splits, crop)
+        logger.info("face crops: %s", face_report.summary())
     if config.exclude_file:
-        splits = splits.exclude(load_exclusions(config.exclude_file))
+        splits = splits.exclude(load_exclusions(config.exclude_file), only=("train",))
     if "val" in splits.splits:
         train_samples, val_samples, val_source = splits.train, splits.splits["val"], "val split"
         test_samples = splits.splits.get("test")
@@ -262,7 +276,8 @@ def prepare_data(config: TrainConfig, splits: DatasetSplits, input_size: int, pr
             skipped.update(ds.drop_unreadable())
     if len(train) == 0 or len(val) == 0:
         raise DatasetError(f"not enough readable images to train: {len(train)} train, {len(val)} validation")
-    return PreparedData(splits, train, val, test, skipped, val_source)
+    return PreparedData(splits, train, val, test, skipped, val_source,
+                        face_report.to_dict() if face_report else None)
 
 
 def _write_status(run_dir: Path, state: str, **extra: Any) -> None:
@@ -391,7 +406,8 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
                         "data": {**data.splits.describe(), "train_images": len(data.train),
                                  "val_images": len(data.val),
                                  "test_images": len(data.test) if data.test else 0,
-                                 "val_source": data.val_source, "skipped_unreadable": data.skipped},
+                                 "val_source": data.val_source, "skipped_unreadable": data.skipped,
+                                 "face_crop": data.face_report},
                         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                                         "machine": platform.machine(), "cpus": os.cpu_count(),
                                         "cuda": torch.cuda.get_device_name(0) if on_cuda else None,

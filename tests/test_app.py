@@ -30,3 +30,14 @@ def test_home_reports_a_missing_folder_without_crashing(tmp_path: Path) -> None:
     at.run()
     assert not at.exception
     assert any("does not exist" in e.value for e in at.error)
+
+
+def test_audit_page_runs_on_synthetic_data() -> None:
+    page = next((REPO / "pages").glob("*Data_audit.py"))
+    at = AppTest.from_file(str(page), default_timeout=120).run()
+    assert not at.exception, at.exception
+    at.button[0].click().run()  # the form's "Run audit"
+    assert not at.exception, at.exception
+    labels = [m.label for m in at.metric]
+    assert "corrupt" in labels and "leakage" in labels
+    assert any("would be left out" in m.value for m in at.markdown)

@@ -136,6 +136,10 @@ def test_exclusions_roundtrip_without_touching_files(tmp_path: Path) -> None:
     assert victim not in {s.path for s in excluded.train}
     assert sum(len(v) for v in excluded.splits.values()) == 9
     assert victim.exists()
+    test_victim = ds.splits["test"][0].path
+    kept = ds.exclude([victim, test_victim], only=("train",))
+    assert test_victim in {s.path for s in kept.splits["test"]}
+    assert victim not in {s.path for s in kept.train}
     assert load_exclusions(tmp_path / "missing.json") == []
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DatasetError, match="malformed"):

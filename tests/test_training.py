@@ -148,3 +148,10 @@ def test_missing_tracker_package_is_explained(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mlflow" else real(n, *a))
     with pytest.raises(ValueError, match="pip install mlflow"):
         TrainConfig(report_to="mlflow")
+
+
+def test_face_crop_step_is_recorded_in_the_run(tmp_path: Path) -> None:
+    config = _config(tmp_path, model="vit_custom", from_scratch=True, max_steps=2, face_crop=True)
+    train(config)
+    face = read_json(Path(config.output_dir) / "config.json")["data"]["face_crop"]
+    assert face is not None and face["splits"]["train"]["total"] > 0

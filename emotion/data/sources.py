@@ -90,14 +90,18 @@ class DatasetSplits:
             "notes": list(self.notes),
         }
 
-    def exclude(self, paths: Iterable[Union[str, Path]]) -> "DatasetSplits":
+    def exclude(self, paths: Iterable[Union[str, Path]],
+                only: Optional[Sequence[str]] = None) -> "DatasetSplits":
         """A copy without the given files (e.g. images flagged by the audit).
 
+        ``only`` limits the removal to some splits: training excludes from
+        ``train`` alone so that test scores stay comparable between runs.
         The files themselves are never touched.
         """
         drop = {str(Path(p).resolve()) for p in paths}
         splits = {
-            k: [s for s in v if str(s.path.resolve()) not in drop] for k, v in self.splits.items()
+            k: [s for s in v if (only is not None and k not in only) or str(s.path.resolve()) not in drop]
+            for k, v in self.splits.items()
         }
         removed = sum(len(v) for v in self.splits.values()) - sum(len(v) for v in splits.values())
         notes = self.notes + ([f"excluded {removed} flagged image(s)"] if removed else [])

