@@ -280,6 +280,24 @@ def prepare_data(config: TrainConfig, splits: DatasetSplits, input_size: int, pr
                         face_report.to_dict() if face_report else None)
 
 
+TRAIN_CONFIG_FILE = "train_config.json"
+# Changing these between an interruption and its resume would load checkpoints into another model
+# or continue on other data.
+_RESUME_KEYS = ("model", "data", "classes", "image_size", "batch_size", "seed", "pretrained", "from_scratch")
+
+
+def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
+    path = run_dir / TRAIN_CONFIG_FILE
+    if not path.exists():
+        return
+    stored = runs.read_json(path)
+    changed = {k: (stored.get(k), getattr(config, k)) for k in _RESUME_KEYS if stored.get(k) != getattr(config, k)}
+    if changed:
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"{run_dir} holds checkpoints of a run with other settings ({detail}); "
+                         "use another --output-dir, or --no-resume to start over")
+
+
 def _write_status(run_dir: Path, state: str, **extra: Any) -> None:
     runs.write_json(run_dir / runs.STATUS_FILE, {"state": state, "pid": os.getpid(),
                                                  "time": datetime.now(timezone.utc).isoformat(), **extra})
@@ -313,6 +331,11 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
     from transformers.trainer_utils import get_last_checkpoint
 
     set_seed(config.seed)
+    ckpt_dir = run_dir / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if (config.resume and ckpt_dir.is_dir()) else None
+    if last:
+        _check_resumable(run_dir, config)
+        logger.info("resuming from %s", last)
     model_cfg = get_model_config(config.model).with_input_size(config.image_size)
     splits = load_dataset_spec(config.data, classes=config.classes or None, seed=config.seed)
     labels = list(splits.classes)
@@ -334,7 +357,6 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
 
     learning_rate = config.learning_rate or (
         model_cfg.finetune_lr if built.weights != SCRATCH else SCRATCH_LR)
-    ckpt_dir = run_dir / "checkpoints"
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=config.epochs,
@@ -374,9 +396,8 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
         data_collator=_collate(channels_last), compute_metrics=compute_metrics, callbacks=callbacks,
         class_weights=weights, label_smoothing=config.label_smoothing,
     )
-    last = get_last_checkpoint(str(ckpt_dir)) if (config.resume and ckpt_dir.is_dir()) else None
-    if last:
-        logger.info("resuming from %s", last)
+    if trainer.is_world_process_zero():
+        runs.write_json(run_dir / TRAIN_CONFIG_FILE, config.to_dict())
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=last)
     train_time = time.monotonic() - start

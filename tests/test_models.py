@@ -69,6 +69,10 @@ def test_vit_custom_options_and_errors() -> None:
     assert built.module.pos_embed.shape == (1, 17, 64)
     with pytest.raises(ValueError, match="multiple of patch_size"):
         create_model("vit_custom", 3, input_size=30, patch_size=8)
+    patch = create_model("vit_custom", 3, input_size=48, patch_size=6, stem="patch").module
+    assert isinstance(patch.patch_embed, torch.nn.Conv2d) and patch.patch_embed.stride == (6, 6)
+    with pytest.raises(ValueError, match="factors 2 and 3"):
+        create_model("vit_custom", 3, input_size=50, patch_size=5, stem="conv")
     with pytest.raises(ModelError, match="unknown options"):
         create_model("vit_custom", 3, bogus=1)
     with pytest.raises(WeightsNotFoundError, match="from scratch"):

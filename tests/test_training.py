@@ -73,6 +73,9 @@ def test_resume_after_interruption_continues_from_checkpoint(tmp_path: Path) -> 
     run = Path(config.output_dir)
     assert read_json(run / "status.json")["state"] == "interrupted"
     assert (run / "checkpoints" / "checkpoint-4").is_dir()
+    changed = _config(tmp_path, model="vit_custom", from_scratch=True, max_steps=8, batch_size=6)
+    with pytest.raises(ValueError, match="batch_size: 12 -> 6"):
+        train(changed)
     metrics = train(config)
     assert metrics["resumed_from"].endswith("checkpoint-4")
     assert metrics["steps"] == 8
