@@ -4,7 +4,7 @@ Measures full training steps (forward, class-weighted loss, backward, AdamW) on
 random tensors with the same settings the trainer uses (bf16 autocast where the
 CPU supports it, channels-last inputs for CNNs), after warm-up steps.
 
-    python benchmarks/train_speed.py --models efficientnet_lite0:64,vit_custom:48 --batch-size 64
+    python benchmarks/train_speed.py --models efficientnet_lite0:64,vit_custom:48 --precision fp32,bf16
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotion.models import create_model  # noqa: E402
+from emotion.models import create_model, get_model_config  # noqa: E402
 from emotion.training import cpu_supports_bf16  # noqa: E402
 
 
@@ -51,6 +51,16 @@ def measure(name: str, size: int, batch: int, steps: int, warmup: int, bf16: boo
             "median_step_s": round(step, 3), "images_per_second": round(batch / step, 1)}
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="efficientnet_lite0:64,vit_custom:48,resnet34:64,efficientnet_b4:64,vgg16:64",
@@ -58,17 +68,25 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--precision", default="auto",
+                   help="comma-separated fp32/bf16 to compare, or 'auto' (what training uses per model)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    bf16 = cpu_supports_bf16() and not args.no_bf16
     rows = []
     for item in args.models.split(","):
         name, size = item.split(":")
-        rows.append(measure(name, int(size), args.batch_size, args.steps, args.warmup, bf16))
-        print(json.dumps(rows[-1]), flush=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor(),
+        if args.precision == "auto":
+            modes = [cpu_supports_bf16() and get_model_config(name).family == "vit"]
+        else:
+            modes = [m.strip() == "bf16" for m in args.precision.split(",")]
+        for bf16 in modes:
+            if bf16 and not cpu_supports_bf16():
+                logging.warning("this CPU has no native bf16; skipping bf16 for %s", name)
+                continue
+            rows.append(measure(name, int(size), args.batch_size, args.steps, args.warmup, bf16))
+            print(json.dumps(rows[-1]), flush=True)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_name(),
             "machine": platform.machine(), "results": rows}
     if args.json:
         args.json.write_text(json.dumps(meta, indent=2))

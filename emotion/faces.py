@@ -163,6 +163,15 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
         raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
 
 
+def _from_known_fields(cls: type, data: Mapping[str, Any], what: str) -> Any:
+    """Build a config dataclass from a dict, naming unknown keys instead of a TypeError."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {unknown}; valid: {sorted(known)}")
+    return cls(**dict(data))
+
+
 @dataclass
 class DetectorConfig:
     """MTCNN settings; defaults are facenet-pytorch's plus a score filter and a speed cap."""
@@ -222,11 +231,7 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DetectorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown detector setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**dict(data))
+        return _from_known_fields(cls, data, "detector")
 
     def cache_key(self) -> str:
         """Hash of what changes detections (device excluded: CPU and GPU share the cache)."""
@@ -300,11 +305,7 @@ class CropConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CropConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown crop setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**dict(data))
+        return _from_known_fields(cls, data, "crop")
 
     def cache_key(self) -> str:
         """Folder name for this config's crops: readable settings plus a hash of all of them."""
