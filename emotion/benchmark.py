@@ -65,7 +65,7 @@ class BenchmarkConfig:
     batch_size: int = 64
     image_size: Optional[int] = None  # every model's input side (default: the model's own)
     image_sizes: dict[str, int] = field(default_factory=dict)  # per-model overrides
-    from_scratch: bool = False
+    from_scratch: Union[bool, list[str]] = False  # True: every model; a list: those models
     reuse: bool = False
     ensemble_members: Optional[list[str]] = None
     fit_ensemble_weights: bool = False
@@ -78,6 +78,12 @@ class BenchmarkConfig:
     throughput_batch: int = 32
     device: Optional[str] = None
     train_options: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
+
+    def is_scratch(self, model: str) -> bool:
+        """Whether ``model`` trains from random weights (on purpose, or because it has none)."""
+        if model in SCRATCH_ONLY or self.from_scratch is True:
+            return True
+        return bool(self.from_scratch) and model in self.from_scratch
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -207,7 +213,7 @@ def find_completed_run(config: BenchmarkConfig, model: str) -> Optional[Path]:
     if not config.runs_dir.is_dir():
         return None
     want_size = config.input_size(model)
-    scratch = config.from_scratch or model in SCRATCH_ONLY
+    scratch = config.is_scratch(model)
     matches = []
     for folder in sorted(p for p in config.runs_dir.iterdir() if p.is_dir()):
         try:
@@ -247,7 +253,7 @@ def _train_one(config: BenchmarkConfig, model: str) -> tuple[Path, bool]:
             return found, True
         logger.info("%s: no completed run to reuse in %s, training", model, config.runs_dir)
     size = config.input_size(model) or get_model_config(model).input_size
-    scratch = config.from_scratch or model in SCRATCH_ONLY
+    scratch = config.is_scratch(model)
     run_dir = config.runs_dir / f"{_run_prefix(config)}-{model}-{size}px{'-scratch' if scratch else ''}"
     options = {"evaluate_test": False, **config.train_options}
     train_config = TrainConfig(model=model, data=config.data, classes=config.classes or "",

@@ -225,8 +225,9 @@ def _setup_benchmark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", default=None,
                    help="input side for every model, and/or per model: 48 or 48,efficientnet_lite0=64 "
                         "(default: each model's own)")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="train the CNNs (and hf_vit) from random weights on purpose; vit_custom always is")
+    p.add_argument("--from-scratch", nargs="?", const="all", default=None, metavar="MODELS",
+                   help="train from random weights on purpose: all models, or the comma-separated ones "
+                        "named (e.g. resnet34,vgg16); vit_custom always is")
     p.add_argument("--train-option", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other training setting, e.g. early_stopping_patience=0 (repeatable)")
     p.add_argument("--ensemble-members", default=None,
@@ -269,7 +270,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         data=args.data, out=Path(args.out), models=_comma_list(args.models), classes=args.classes,
         runs_dir=Path(args.runs_dir), epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size,
-        image_size=size, image_sizes=sizes, from_scratch=args.from_scratch, reuse=args.reuse,
+        image_size=size, image_sizes=sizes, reuse=args.reuse,
+        from_scratch=True if args.from_scratch == "all" else _comma_list(args.from_scratch),
         ensemble_members=members, fit_ensemble_weights=args.fit_ensemble_weights, split=args.split,
         tta=args.tta, calibrate=not args.no_calibrate, seed=args.seed, eval_batch_size=args.eval_batch_size,
         latency_repeats=args.latency_repeats, throughput_batch=args.throughput_batch,

@@ -121,3 +121,13 @@ def test_option_parsers() -> None:
                                               "val_fraction": 0.2}
     with pytest.raises(B.BenchmarkError, match="not a valid int"):
         B.parse_train_options(["early_stopping_patience=soon"])
+
+
+def test_from_scratch_can_name_some_models(tmp_path: Path) -> None:
+    from emotion.benchmark import BenchmarkConfig
+
+    some = BenchmarkConfig(data="synthetic", out=tmp_path, from_scratch=["resnet34", "vgg16"])
+    assert some.is_scratch("resnet34") and some.is_scratch("vit_custom")
+    assert not some.is_scratch("efficientnet_lite0")
+    assert BenchmarkConfig(data="synthetic", out=tmp_path, from_scratch=True).is_scratch("efficientnet_lite0")
+    assert not BenchmarkConfig(data="synthetic", out=tmp_path).is_scratch("resnet34")
