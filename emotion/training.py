@@ -298,6 +298,11 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
                          "use another --output-dir, or --no-resume to start over")
 
 
+def _step_of(checkpoint: Optional[str]) -> Optional[int]:
+    match = re.search(r"checkpoint-(\d+)$", checkpoint or "")
+    return int(match.group(1)) if match else None
+
+
 def _write_status(run_dir: Path, state: str, **extra: Any) -> None:
     runs.write_json(run_dir / runs.STATUS_FILE, {"state": state, "pid": os.getpid(),
                                                  "time": datetime.now(timezone.utc).isoformat(), **extra})
@@ -416,7 +421,9 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
         "train_images_per_second": round(images_seen, 1),
         "steps": steps,
         "epochs_completed": round(trainer.state.epoch or 0, 3),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
+        # the step whose weights were kept (model.safetensors); the checkpoint folders are rotated away
+        "best_step": _step_of(trainer.state.best_model_checkpoint),
+        "best_metric": trainer.state.best_metric,
         "resumed_from": last,
         "parameters": count_parameters(built.module),
         "learning_rate": learning_rate,
