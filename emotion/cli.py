@@ -298,17 +298,26 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The CLI parser; with ``only``, just that command's options are built.
+
+    Some commands' options come from dataclasses in modules that import torch;
+    building only the command being run keeps ``--help`` and ``audit`` quick.
+    """
     parser = argparse.ArgumentParser(prog="python -m emotion", description="Emotion Studio command line")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, setup, _) in COMMANDS.items():
-        setup(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or name == only:
+            setup(command)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    named = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(only=named or "")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
