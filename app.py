@@ -38,4 +38,4 @@ col_chart.plotly_chart(
     px.bar(long, x="class", y="images", color="split", barmode="group", title="Images per class"),
     width="stretch",
 )
-st.markdown("Next: the **Data** page audits this dataset for corrupt, blank, duplicate and leaked images.")
+st.markdown("Next: the **Data audit** page checks this dataset for corrupt, blank, duplicate and leaked images.")
