@@ -14,12 +14,12 @@ for model in "${models[@]}"; do
     efficientnet_lite0) run efficientnet_lite0 --image-size 64 --epochs 12 --batch-size 64 ;;
     vit_custom)         run vit_custom --from-scratch --image-size 48 --epochs 20 --batch-size 128 --learning-rate 5e-4 \
                             --warmup-ratio 0.1 --early-stopping-patience 4 ;;
-    efficientnet_lite0_96) run efficientnet_lite0 --image-size 96 --epochs 8 --batch-size 64 \
+    efficientnet_lite0_96) run efficientnet_lite0 --image-size 96 --epochs 5 --batch-size 64 \
                            --output-dir "$OUT/fer3-efficientnet_lite0-96" ;;
     # No pretrained weights reach this offline machine for these three: short runs from scratch,
     # sized to the CPU time available (see docs/TRAINING.md).
     resnet34)           run resnet34 --from-scratch --image-size 48 --epochs 6 --batch-size 64 ;;
-    efficientnet_b4)    run efficientnet_b4 --from-scratch --image-size 48 --epochs 3 --batch-size 64 ;;
+    efficientnet_b4)    run efficientnet_b4 --from-scratch --image-size 48 --epochs 2 --batch-size 64 ;;
     vgg16)              run vgg16 --from-scratch --image-size 48 --epochs 1 --batch-size 64 --learning-rate 1e-4 ;;
     *) echo "unknown model $model" >&2; exit 2 ;;
   esac
