@@ -42,7 +42,7 @@ from emotion.data.sources import (
     load_dataset_spec,
     load_exclusions,
     parse_classes,
-    stratified_split,
+    validation_holdout,
 )
 from emotion.data.transforms import build_transform
 from emotion.models.registry import ModelConfig, ModelError, count_parameters, logits_of
@@ -426,20 +426,17 @@ def validation_samples(splits: DatasetSplits, train_config: dict) -> tuple[list[
     Repeats what training did (same exclusions, fraction and seed), so fitting
     on these never touches images the model trained on, nor the test split.
     """
-    if "val" in splits.splits:
-        return list(splits.splits["val"]), "val split"
-    train = splits.train
     exclude = train_config.get("exclude_file")
-    if exclude:
+    if exclude and "val" not in splits.splits:
         if Path(exclude).exists():
-            train = splits.exclude(load_exclusions(exclude), only=("train",)).train
+            splits = splits.exclude(load_exclusions(exclude), only=("train",))
         else:
             logger.warning("the run excluded images listed in %s, which is gone: the validation split "
                            "may differ from the one used in training", exclude)
     fraction = float(train_config.get("val_fraction", 0.1))
     seed = int(train_config.get("seed", 0))
-    _, val = stratified_split(train, fraction, seed)
-    return val, f"stratified {fraction:.0%} of train (seed {seed})"
+    _, val, source = validation_holdout(splits, fraction, seed)
+    return val, source
 
 
 @dataclass

@@ -35,7 +35,7 @@ from emotion.data.sources import (
     default_cache_dir,
     load_dataset_spec,
     load_exclusions,
-    stratified_split,
+    validation_holdout,
 )
 from emotion.data.transforms import AugmentationConfig, build_transform
 from emotion.models import create_model, get_model_config
@@ -257,13 +257,8 @@ def prepare_data(config: TrainConfig, splits: DatasetSplits, input_size: int, pr
         logger.info("face crops: %s", face_report.summary())
     if config.exclude_file:
         splits = splits.exclude(load_exclusions(config.exclude_file), only=("train",))
-    if "val" in splits.splits:
-        train_samples, val_samples, val_source = splits.train, splits.splits["val"], "val split"
-        test_samples = splits.splits.get("test")
-    else:
-        train_samples, val_samples = stratified_split(splits.train, config.val_fraction, config.seed)
-        val_source = f"stratified {config.val_fraction:.0%} of train (seed {config.seed})"
-        test_samples = splits.splits.get("test")
+    train_samples, val_samples, val_source = validation_holdout(splits, config.val_fraction, config.seed)
+    test_samples = splits.splits.get("test")
     cache = DecodedImageCache(disk_dir=default_cache_dir() / "decoded")
     train_tf = build_transform(preprocess, config.augmentation, train=True)
     eval_tf = build_transform(preprocess, train=False)
@@ -341,7 +336,6 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
     if last:
         _check_resumable(run_dir, config)
         logger.info("resuming from %s", last)
-    model_cfg = get_model_config(config.model).with_input_size(config.image_size)
     splits = load_dataset_spec(config.data, classes=config.classes or None, seed=config.seed)
     labels = list(splits.classes)
     pretrained: Any = False if config.from_scratch else (True if config.pretrained == "auto" else config.pretrained)
@@ -412,13 +406,13 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
     if not trainer.is_world_process_zero():
         return {}
     steps = trainer.state.global_step
-    images_seen = result.metrics.get("train_samples_per_second", 0.0)
+    train_rate = result.metrics.get("train_samples_per_second", 0.0)
     metrics = {
         "val": {k.removeprefix("val_"): v for k, v in val_metrics.items()},
         "val_source": data.val_source,
         "test": {k.removeprefix("test_"): v for k, v in test_metrics.items()} if test_metrics else None,
         "train_time_s": round(train_time, 1),
-        "train_images_per_second": round(images_seen, 1),
+        "train_images_per_second": round(train_rate, 1),
         "steps": steps,
         "epochs_completed": round(trainer.state.epoch or 0, 3),
         # the step whose weights were kept (model.safetensors); the checkpoint folders are rotated away

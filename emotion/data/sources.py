@@ -220,6 +220,20 @@ def stratified_split(
     return train, test
 
 
+def validation_holdout(
+    splits: DatasetSplits, val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample], str]:
+    """(train, validation, description): the data's ``val`` split, else a stratified share of train.
+
+    Training and evaluation both call this, so temperature or ensemble weights
+    are fitted on exactly the images a run held out, never on its training images.
+    """
+    if "val" in splits.splits:
+        return list(splits.train), list(splits.splits["val"]), "val split"
+    train, val = stratified_split(splits.train, val_fraction, seed)
+    return train, val, f"stratified {val_fraction:.0%} of train (seed {seed})"
+
+
 def load_folder_dataset(
     root: Union[str, Path],
     classes: Union[None, str, Sequence[str]] = None,
