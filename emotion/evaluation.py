@@ -655,6 +655,28 @@ def evaluate_run(run: Union[str, Path, runs.LoadedRun], data: Union[str, Path, D
     return result
 
 
+def saved_evaluations(run_dir: Union[str, Path], split: Optional[str] = None) -> list[dict[str, Any]]:
+    """The results :func:`evaluate_run` stored under ``<run>/evaluations/``, newest first.
+
+    Each gets ``saved_to`` (its file); ``split`` keeps only results on that split.
+    Unreadable files are skipped.
+    """
+    folder = Path(run_dir) / EVALUATIONS_DIR
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            result = runs.read_json(path)
+        except runs.RunError:
+            logger.warning("skipping unreadable evaluation %s", path)
+            continue
+        if not isinstance(result, dict) or "confusion_matrix" not in result:
+            continue
+        if split is not None and (result.get("data") or {}).get("split") != split:
+            continue
+        out.append({**result, "saved_to": str(path)})
+    return sorted(out, key=lambda r: str(r.get("created", "")), reverse=True)
+
+
 # ----------------------------------------------------------------------------- ensembles
 
 def simplex_grid(members: int, step: float) -> np.ndarray:
@@ -804,6 +826,6 @@ __all__ = [
     "create_ensemble", "evaluate_run", "expected_calibration_error", "fit_ensemble_weights",
     "fit_run_temperature", "fit_temperature", "format_report", "load_eval_data", "load_temperature",
     "measure_latency", "measure_throughput", "model_stats", "negative_log_likelihood",
-    "predict_probabilities", "reliability_curve", "run_size_bytes", "simplex_grid", "softmax", "to_logits",
-    "validation_samples",
+    "predict_probabilities", "reliability_curve", "run_size_bytes", "saved_evaluations", "simplex_grid",
+    "softmax", "to_logits", "validation_samples",
 ]

@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
+from emotion import paths
 from emotion.models import ModelConfig, ModelError, create_model
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 PROGRESS_FILE = "progress.jsonl"
 STATUS_FILE = "status.json"
+TRAIN_CONFIG_FILE = "train_config.json"
 
 
 class RunError(ModelError):
@@ -141,3 +143,68 @@ def load_run(run_dir: Union[str, Path]) -> LoadedRun:
         raise RunError(f"{weights} does not match the architecture in {run_dir / CONFIG_FILE}: {exc}") from None
     built.module.eval()
     return LoadedRun(built.module, built.config, list(labels), spec, run_dir)
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def describe_run(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
+    """What a run folder holds, from its JSON files alone (no weights are loaded); None if it is no run.
+
+    ``state`` is the training status (``running``, ``completed``, ``failed``,
+    ``stopped``, ``interrupted``), ``completed`` for an ensemble or a copied
+    model without one, else ``incomplete``; ``ready`` says whether
+    :func:`load_run` can rebuild the model.
+    """
+    run_dir = Path(run_dir)
+    status = _json_or_none(run_dir / STATUS_FILE)
+    spec = _json_or_none(run_dir / CONFIG_FILE)
+    train_config = _json_or_none(run_dir / TRAIN_CONFIG_FILE)
+    if not any(isinstance(x, dict) for x in (status, spec, train_config)):
+        return None
+    status = status if isinstance(status, dict) else {}
+    spec = spec if isinstance(spec, dict) else {}
+    metrics = _json_or_none(run_dir / METRICS_FILE)
+    labels = _json_or_none(run_dir / LABELS_FILE)
+    tc = spec.get("train_config") or (train_config if isinstance(train_config, dict) else {})
+    is_ensemble = spec.get("model") == "ensemble"
+    if is_ensemble and spec.get("members"):  # members share the data: describe it by the first one's
+        first = Path(spec["members"][0])
+        member = _json_or_none((first if first.is_absolute() else run_dir / first) / CONFIG_FILE)
+        tc = (member.get("train_config") or {}) if isinstance(member, dict) else {}
+    ready = bool(spec) and isinstance(labels, list) and (is_ensemble or (run_dir / WEIGHTS_FILE).exists())
+    state = status.get("state") or ("completed" if ready else "incomplete")
+    stamp = max((p.stat().st_mtime for p in (run_dir / STATUS_FILE, run_dir / CONFIG_FILE, run_dir)
+                 if p.exists()), default=0.0)
+    return {
+        "name": run_dir.name,
+        "path": run_dir,
+        "state": state,
+        "error": status.get("error"),
+        "model": spec.get("model") or tc.get("model"),
+        "is_ensemble": is_ensemble,
+        "members": spec.get("members") if is_ensemble else None,
+        "input_size": spec.get("input_size") or tc.get("image_size"),
+        "weights_source": spec.get("weights_source"),
+        "labels": labels if isinstance(labels, list) else None,
+        "data": tc.get("data"),
+        "classes": tc.get("classes"),
+        "created": spec.get("created") or status.get("time"),
+        "ready": ready,
+        "metrics": metrics if isinstance(metrics, dict) else None,
+        "train_config": tc or None,
+        "modified": stamp,
+    }
+
+
+def list_runs(runs_dir: Union[None, str, Path] = None) -> list[dict[str, Any]]:
+    """:func:`describe_run` of every run in ``runs_dir`` (default :func:`emotion.paths.runs_dir`), newest first."""
+    root = Path(runs_dir) if runs_dir is not None else paths.runs_dir()
+    if not root.is_dir():
+        return []
+    found = [describe_run(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted((r for r in found if r is not None), key=lambda r: r["modified"], reverse=True)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emotion import runs
+from emotion import paths, runs
 from emotion.data.cache import DecodedImageCache
 from emotion.data.dataset import FaceImageDataset, balanced_class_weights
 from emotion.data.sources import (
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 TRACKERS = ("none", "wandb", "mlflow", "tensorboard")
 METRICS = ("macro_f1", "accuracy")
-DEFAULT_RUNS_DIR = Path("checkpoints") / "runs"
+DEFAULT_RUNS_DIR = paths.DEFAULT_RUNS_DIR  # $EMOTION_RUNS_DIR overrides it (emotion.paths.runs_dir)
 SCRATCH_LR = 1e-3
 
 
@@ -82,7 +82,8 @@ class TrainConfig:
     metric: str = field(default="macro_f1", metadata={"help": "validation metric for early stopping"})
     pretrained: str = field(default="auto", metadata={"help": "'auto' (documented order) or a weights path"})
     from_scratch: bool = field(default=False, metadata={"help": "random init on purpose (no pretrained)"})
-    output_dir: Optional[str] = field(default=None, metadata={"help": "run folder (default checkpoints/runs/<name>)"})
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "run folder (default checkpoints/runs/<name>, or $EMOTION_RUNS_DIR/<name>)"})
     run_name: Optional[str] = field(default=None, metadata={"help": "run name (default model-time)"})
     report_to: str = field(default="none", metadata={"help": "tracker: none, wandb, mlflow or tensorboard"})
     seed: int = field(default=0, metadata={"help": "seed for init, shuffling, augmentation and splits"})
@@ -129,7 +130,7 @@ class TrainConfig:
         self.augmentation  # validates the augmentation fields
         if not self.output_dir:  # fix the run folder now so every later reader agrees on it
             name = self.run_name or f"{self.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-            self.output_dir = str(DEFAULT_RUNS_DIR / re.sub(r"[^A-Za-z0-9_.-]", "_", name))
+            self.output_dir = str(paths.runs_dir() / re.sub(r"[^A-Za-z0-9_.-]", "_", name))
 
     @property
     def augmentation(self) -> AugmentationConfig:

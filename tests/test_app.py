@@ -1,43 +1,272 @@
-"""The Streamlit app runs headless on the synthetic dataset and on a bad path."""
+"""The Streamlit app, headless: every page renders on the synthetic dataset and its main flows work.
+
+Pages run inside the app (``switch_page``) as they do in the browser, with
+``EMOTION_RUNS_DIR`` pointing at a temporary folder so the user's runs, job
+queue and exclusion lists are never seen or touched.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
+from conftest import make_class_folders
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from emotion import jobs, paths
+
 REPO = Path(__file__).resolve().parents[1]
+TINY = "synthetic:n=24,test=6,size=48"
 
 
 @pytest.fixture(autouse=True)
-def _run_from_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+def _run_from_repo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(REPO)
+    monkeypatch.setenv(paths.RUNS_DIR_ENV, str(tmp_path / "runs"))
+    monkeypatch.delenv(paths.JOBS_DIR_ENV, raising=False)
+    yield
+    queue = jobs.JobQueue()
+    for job in queue.jobs():  # never leave a training process behind
+        if job.state in jobs.ACTIVE:
+            queue.stop(job.id, grace_s=5)
 
 
-def test_home_shows_synthetic_dataset_counts() -> None:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+def _page(name: str | None = None, **state) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    for key, value in state.items():
+        at.session_state[key] = value
+    if name is not None:
+        at.switch_page(f"pages/{name}.py")
+    return at.run()
+
+
+def _button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def _texts(at: AppTest) -> str:
+    kinds = (at.markdown, at.caption, at.info, at.success, at.warning, at.error)
+    return "\n".join(str(e.value) for kind in kinds for e in kind)
+
+
+@pytest.fixture
+def tiny_runs() -> tuple[Path, Path]:
+    """Two finished vit_custom runs (two steps each) in the test's runs folder."""
+    from emotion.training import TrainConfig, train
+
+    out = []
+    for name, lr in (("tiny-a", 1e-3), ("tiny-b", 2e-3)):
+        config = TrainConfig(model="vit_custom", from_scratch=True, data=TINY, image_size=48, max_steps=2,
+                             batch_size=12, output_dir=str(paths.runs_dir() / name),
+                             early_stopping_patience=0, warmup_ratio=0.0, learning_rate=lr)
+        train(config)
+        out.append(Path(config.output_dir))
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------- home
+
+def test_home_shows_synthetic_dataset_counts_and_where_to_start() -> None:
+    at = _page()
     assert not at.exception, at.exception
     assert any("Active dataset" in s.value for s in at.subheader)
     df = at.dataframe[0].value
     assert list(df.index) == ["angry", "happy", "sad"]
     assert (df["train"] > 0).all() and (df["test"] > 0).all()
+    links = [p.proto.label for p in at.get("page_link")]
+    assert {"EDA", "Train", "Benchmark"} <= set(links)
+    assert "No model yet" in _texts(at)  # fresh machine: no shipped model, no runs
 
 
 def test_home_reports_a_missing_folder_without_crashing(tmp_path: Path) -> None:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
-    at.session_state["dataset_spec"] = str(tmp_path / "nowhere")
-    at.run()
+    at = _page(dataset_spec=str(tmp_path / "nowhere"))
     assert not at.exception
     assert any("does not exist" in e.value for e in at.error)
 
 
-def test_audit_page_runs_on_synthetic_data() -> None:
-    page = next((REPO / "pages").glob("*Data_audit.py"))
-    at = AppTest.from_file(str(page), default_timeout=120).run()
+def test_home_quick_model_is_one_click() -> None:
+    at = _page()
+    _button(at, "Train a quick model").click().run()
     assert not at.exception, at.exception
-    at.button[0].click().run()  # the form's "Run audit"
+    queued = jobs.JobQueue().jobs()
+    assert len(queued) == 1 and queued[0].name.startswith("quick-efficientnet_lite0")
+    assert queued[0].config["data"] == "synthetic" and queued[0].config["image_size"] == jobs.QUICK_IMAGE_SIZE
+    at = _page()
+    assert "quick model is training" in _texts(at)
+    assert not [b for b in at.button if b.label == "Train a quick model"]
+
+
+def test_home_lists_trained_runs(tiny_runs: tuple[Path, Path]) -> None:
+    at = _page()
+    assert not at.exception, at.exception
+    runs_table = at.dataframe[1].value
+    assert set(runs_table["run"]) == {"tiny-a", "tiny-b"}
+    assert "2 trained run(s) ready" in _texts(at)
+
+
+# ----------------------------------------------------------------------------- EDA
+
+def test_eda_page_shows_distribution_samples_mean_faces_and_sizes() -> None:
+    at = _page("1_EDA")
+    assert not at.exception, at.exception
+    assert [t.label for t in at.tabs] == ["Class distribution", "Samples", "Mean faces", "Sizes and modes",
+                                          "Audit"]
+    assert list(at.dataframe[0].value.index) == ["angry", "happy", "sad"]
+    images = at.get("image")
+    assert len(images) >= 3 + 3  # a sample grid and a mean face per class at least
+    labels = [m.label for m in at.metric]
+    assert "Images inspected" in labels and "Median size" in labels
+    assert next(m for m in at.metric if m.label == "Median size").value == "96×96"
+    assert len(at.get("plotly_chart")) >= 4
+
+
+def test_eda_audit_flags_and_saves_an_exclusion_list(tmp_path: Path) -> None:
+    data = make_class_folders(tmp_path / "faces", {"angry": 6, "happy": 6, "sad": 6})
+    Image.new("RGB", (32, 32)).save(data / "sad" / "black.png")  # a blank image for the audit to flag
+    at = _page("1_EDA", dataset_spec=str(data))
+    assert not at.exception, at.exception
+    _button(at, "Run audit").click().run()
     assert not at.exception, at.exception
     labels = [m.label for m in at.metric]
     assert "corrupt" in labels and "leakage" in labels
-    assert any("would be left out" in m.value for m in at.markdown)
+    assert next(m for m in at.metric if m.label == "blank").value == "1"
+    assert any("1 file(s) would be left out" in m.value for m in at.markdown)
+    _button(at, "Save exclusion list").click().run()
+    assert not at.exception, at.exception
+    target = paths.exclusion_file("faces")
+    assert json.loads(target.read_text())["files"] == [str((data / "sad" / "black.png").resolve())]
+    assert target.parent == paths.runs_dir().parent / "exclusions"  # beside the runs, not in the repository
+    assert (data / "sad" / "black.png").exists()  # never deleted
+    train = _page("2_Train", dataset_spec=str(data))
+    box = train.checkbox(key="train_exclusions")
+    assert not box.disabled and box.value is True
+
+
+# ----------------------------------------------------------------------------- Train
+
+def test_train_page_queues_a_run_that_trains_in_the_background() -> None:
+    at = _page("2_Train", dataset_spec=TINY)
+    assert not at.exception, at.exception
+    at.selectbox(key="train_model").set_value("vit_custom").run()
+    assert at.checkbox(key="train_scratch_vit_custom").value is True  # no pretrained weights exist
+    at.number_input(key="train_size_vit_custom").set_value(48)
+    at.number_input(key="train_batch").set_value(12)
+    at.number_input(key="train_max_steps").set_value(2)
+    at.number_input(key="train_patience").set_value(0)
+    at.text_input(key="train_run_name").set_value("from-the-page")
+    _button(at, "Queue run").click().run()
+    assert not at.exception, at.exception
+    assert any("from-the-page" in s.value for s in at.success)
+    queue = jobs.JobQueue()
+    (job,) = queue.jobs()
+    assert (job.config["model"], job.config["image_size"], job.config["data"]) == ("vit_custom", 48, TINY)
+    assert job.run_dir == (paths.runs_dir() / "from-the-page").resolve()
+    assert "from-the-page" in _texts(at)
+    job = queue.wait(job.id, timeout=240)
+    assert job.state == jobs.COMPLETED, (job.error, job.log_tail())
+    at = _page("2_Train", dataset_spec=TINY)  # a fresh session (another tab, a reload) sees it
+    assert not at.exception, at.exception
+    text = _texts(at)
+    assert "from-the-page" in text and "**completed**" in text and "validation accuracy" in text
+    assert [b.label for b in at.button if b.key == f"forget_{job.id}"] == ["Remove"]
+    assert len(at.get("plotly_chart")) == 2  # loss and accuracy curves
+
+
+def test_train_page_shows_a_failed_run_with_its_error_and_log(tmp_path: Path) -> None:
+    data = make_class_folders(tmp_path / "gone", {"angry": 4, "happy": 4, "sad": 4})
+    at = _page("2_Train", dataset_spec=str(data))
+    at.selectbox(key="train_model").set_value("vit_custom").run()
+    at.number_input(key="train_max_steps").set_value(2)
+    shutil.rmtree(data)  # the data disappears after the page read it: the run fails when it starts
+    _button(at, "Queue run").click().run()
+    assert not at.exception, at.exception
+    (job,) = jobs.JobQueue().jobs()
+    job = jobs.JobQueue().wait(job.id, timeout=120)
+    assert job.state == jobs.FAILED and "does not exist" in job.error
+    at = _page("2_Train")
+    assert not at.exception, at.exception
+    assert any("does not exist" in e.value for e in at.error)
+    assert any("does not exist" in c.value for c in at.code)  # the log tail
+    assert [b.label for b in at.button if b.key == f"resume_{job.id}"] == ["Resume"]
+
+
+def test_train_page_reports_an_invalid_config_without_queueing() -> None:
+    import importlib.util
+
+    from emotion.training import TRACKERS
+
+    missing = [t for t in TRACKERS if t != "none" and importlib.util.find_spec(t) is None]
+    if not missing:
+        pytest.skip("every tracker package is installed")
+    at = _page("2_Train", dataset_spec=TINY)
+    at.selectbox(key="train_tracker").set_value(missing[0])
+    _button(at, "Queue run").click().run()
+    assert not at.exception, at.exception
+    assert any(f"pip install {missing[0]}" in e.value for e in at.error)
+    assert jobs.JobQueue().jobs() == []
+
+
+# ----------------------------------------------------------------------------- Benchmark
+
+def test_benchmark_page_without_runs_says_where_to_train() -> None:
+    at = _page("3_Benchmark")
+    assert not at.exception, at.exception
+    assert any("No runs" in i.value for i in at.info)
+
+
+def test_benchmark_page_table_evaluation_comparison_and_ensemble(tiny_runs: tuple[Path, Path]) -> None:
+    at = _page("3_Benchmark")
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {"tiny-a", "tiny-b"}
+    for column in ("model", "status", "accuracy", "macro_f1", "recall_angry", "ece", "latency_ms", "run_dir"):
+        assert column in table.columns, column
+    assert at.get("download_button")
+
+    _button(at, "Evaluate on the test split").click().run()
+    assert not at.exception, at.exception
+    labels = [m.label for m in at.metric]
+    assert {"Accuracy", "Macro-F1", "ECE"} <= set(labels)
+    assert len(at.get("plotly_chart")) == 3  # confusion matrix, recall, reliability
+    first = at.selectbox(key="bench_run_a").value
+    assert list((paths.runs_dir() / first / "evaluations").glob("*-test.json"))
+
+    other = "tiny-b" if first == "tiny-a" else "tiny-a"
+    at.selectbox(key="bench_run_b").set_value(other).run()
+    at.button(key="bench_eval_b").click().run()
+    at.toggle(key="bench_normalized").set_value(False).run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 6  # two panels side by side
+    table = at.dataframe[0].value
+    assert table["ece"].notna().all()  # the stored evaluations now fill the table
+
+    at.multiselect(key="ens_members").set_value(["tiny-a", "tiny-b"])
+    at.text_input(key="ens_name").set_value("ens-ab")
+    _button(at, "Build and evaluate").click().run()
+    assert not at.exception, at.exception
+    assert any("ens-ab" in s.value for s in at.success)
+    assert "ens-ab" in set(at.dataframe[0].value["run"])
+    assert at.selectbox(key="bench_run_a").value == "ens-ab"
+    assert list((paths.runs_dir() / "ens-ab" / "evaluations").glob("*.json"))
+
+
+# ----------------------------------------------------------------------------- Spaces
+
+def test_docker_image_starts_the_app_the_way_spaces_expect() -> None:
+    import re
+
+    docker = (REPO / "Dockerfile").read_text()
+    front = (REPO / "README.md").read_text().split("---")[1]
+    assert re.search(r"^sdk: docker$", front, re.M) and re.search(r"^app_port: 8501$", front, re.M)
+    assert "EXPOSE 8501" in docker and "--uid 1000" in docker and "\nUSER user" in docker
+    cmd = docker[docker.index("CMD"):]
+    for part in ('"streamlit", "run", "app.py"', '"--server.port", "8501"', '"--server.address", "0.0.0.0"'):
+        assert part in cmd, part
+    assert "pip install -r /tmp/requirements.txt" in docker and "EMOTION_CACHE_DIR=" in docker
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {"checkpoints/runs", "checkpoints/jobs", ".git"} <= set(ignored)
+    assert "checkpoints/default" not in ignored  # the shipped model goes into the image
+    assert re.search(r"^maxUploadSize = \d+$", (REPO / ".streamlit" / "config.toml").read_text(), re.M)

@@ -42,3 +42,16 @@ def dataset_sidebar() -> Optional[DatasetSplits]:
     except DatasetError as exc:
         st.sidebar.error(str(exc))
         return None
+
+
+def dataset_key(dataset: DatasetSplits) -> str:
+    """A short string that changes when the active dataset does (for ``st.cache_data`` keys)."""
+    total = sum(len(v) for v in dataset.splits.values())
+    return f"{dataset.name}|{dataset.root}|{','.join(dataset.classes)}|{total}"
+
+
+def active_spec() -> tuple[str, Optional[str]]:
+    """What the sidebar holds: (data source, classes or None for all)."""
+    spec = str(st.session_state.get(DATA_KEY, "synthetic")).strip()
+    classes = str(st.session_state.get(CLASSES_KEY, "")).strip() or None
+    return spec, classes

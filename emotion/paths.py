@@ -1,0 +1,47 @@
+"""Where runs, jobs, exclusion lists and the shipped model live (light: no torch import).
+
+Everything defaults to folders under ``checkpoints/`` relative to the working
+directory (the repository root when the app or the CLI runs there).
+``EMOTION_RUNS_DIR`` moves the runs folder, and with it the job queue and the
+exclusion lists that sit beside it (tests point it at a temporary folder so
+they never see the user's runs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+RUNS_DIR_ENV = "EMOTION_RUNS_DIR"
+JOBS_DIR_ENV = "EMOTION_JOBS_DIR"
+DEFAULT_RUNS_DIR = Path("checkpoints") / "runs"
+DEFAULT_MODEL_DIR = Path("checkpoints") / "default"
+
+
+def runs_dir() -> Path:
+    """The folder that holds one subfolder per run: ``$EMOTION_RUNS_DIR`` or ``checkpoints/runs``."""
+    env = os.environ.get(RUNS_DIR_ENV, "").strip()
+    return Path(env).expanduser() if env else DEFAULT_RUNS_DIR
+
+
+def jobs_dir() -> Path:
+    """The background-job queue: ``$EMOTION_JOBS_DIR``, else ``jobs/`` beside the runs folder."""
+    env = os.environ.get(JOBS_DIR_ENV, "").strip()
+    return Path(env).expanduser() if env else runs_dir().parent / "jobs"
+
+
+def exclusions_dir() -> Path:
+    """Lists of images to leave out of training (written by the EDA page), beside the runs folder."""
+    return runs_dir().parent / "exclusions"
+
+
+def exclusion_file(dataset_name: str) -> Path:
+    """The exclusion list of one dataset (by its name, e.g. ``fer2013`` or ``synthetic``)."""
+    stem = re.sub(r"[^A-Za-z0-9_.+=-]+", "_", Path(dataset_name).name or dataset_name).strip("_.")
+    return exclusions_dir() / f"{stem or 'dataset'}.json"
+
+
+def default_model_dir() -> Path:
+    """The shipped model (``checkpoints/default``); prediction uses it when no run is named."""
+    return DEFAULT_MODEL_DIR
