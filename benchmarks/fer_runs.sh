@@ -14,7 +14,7 @@ for model in "${models[@]}"; do
     efficientnet_lite0) run efficientnet_lite0 --image-size 64 --epochs 12 --batch-size 64 ;;
     vit_custom)         run vit_custom --from-scratch --image-size 48 --epochs 20 --batch-size 128 --learning-rate 5e-4 \
                             --warmup-ratio 0.1 --early-stopping-patience 4 ;;
-    efficientnet_lite0_96) run efficientnet_lite0 --image-size 96 --epochs 5 --batch-size 64 \
+    efficientnet_lite0_96) run efficientnet_lite0 --image-size 96 --epochs 15 --batch-size 64 --early-stopping-patience 4 \
                            --output-dir "$OUT/fer3-efficientnet_lite0-96" ;;
     # No pretrained weights reach this offline machine for these three: short runs from scratch,
     # sized to the CPU time available (see docs/TRAINING.md).

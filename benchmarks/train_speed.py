@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from emotion.benchmark import cpu_name  # noqa: E402
 from emotion.models import create_model, get_model_config  # noqa: E402
 from emotion.training import cpu_supports_bf16  # noqa: E402
 
@@ -51,16 +52,6 @@ def measure(name: str, size: int, batch: int, steps: int, warmup: int, bf16: boo
             "median_step_s": round(step, 3), "images_per_second": round(batch / step, 1)}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="efficientnet_lite0:64,vit_custom:48,resnet34:64,efficientnet_b4:64,vgg16:64",
@@ -86,7 +77,7 @@ def main() -> None:
                 continue
             rows.append(measure(name, int(size), args.batch_size, args.steps, args.warmup, bf16))
             print(json.dumps(rows[-1]), flush=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
             "machine": platform.machine(), "results": rows}
     if args.json:
         args.json.write_text(json.dumps(meta, indent=2))

@@ -128,6 +128,17 @@ class BenchmarkConfig:
         return parse_classes(self.classes)
 
 
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo on Linux), so speed numbers say what machine made them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def parse_image_sizes(text: Optional[str]) -> tuple[Optional[int], dict[str, int]]:
     """``"48"`` -> (48, {}); ``"48,efficientnet_lite0=64"`` -> (48, {"efficientnet_lite0": 64})."""
     default: Optional[int] = None
@@ -342,7 +353,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
         "rows": rows,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "cpus": os.cpu_count(),
+                        "machine": platform.machine(), "cpu": cpu_name(), "cpus": os.cpu_count(),
                         "threads": torch.get_num_threads(),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "details": details,
@@ -475,3 +486,69 @@ def write_tables(doc: dict, out: Union[str, Path]) -> list[Path]:
     csv_path.write_text(to_csv(doc))
     runs.write_json(js, doc)
     return [md, csv_path, js]
+
+
+# ----------------------------------------------------------------------------- table of existing runs
+
+def run_row(run: dict, split: str = "test") -> dict[str, Any]:
+    """One flat table row for a run (a :func:`emotion.runs.describe_run` dict), in the benchmark's columns.
+
+    Scores come from the run's newest stored evaluation on ``split`` (``python -m
+    emotion evaluate``, the benchmark or the app's Benchmark page); a run never
+    evaluated shows the test scores training recorded at its end, if any.
+    ``scored_on`` says which.
+    """
+    from emotion.evaluation import saved_evaluations
+
+    metrics = run.get("metrics") or {}
+    row: dict[str, Any] = {
+        "run": run["name"], "model": run.get("model"), "status": run.get("state"),
+        "weights_source": run.get("weights_source"), "input_size": run.get("input_size"),
+        "parameters": metrics.get("parameters"), "train_time_s": metrics.get("train_time_s"),
+        "val_macro_f1": (metrics.get("val") or {}).get("macro_f1"), "run_dir": str(run["path"]),
+        "scored_on": None, "created": run.get("created"),
+    }
+    evaluations = saved_evaluations(run["path"], split=split) if run.get("ready") else []
+    if evaluations:
+        ev = evaluations[0]
+        speed = ev.get("speed") or {}
+        row.update(
+            accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), macro_recall=ev.get("macro_recall"),
+            ece=ev.get("ece"), ece_calibrated=ev.get("ece_calibrated"), temperature=ev.get("temperature"),
+            parameters=ev.get("parameters", row["parameters"]), size_mb=ev.get("size_mb"),
+            latency_ms=speed.get("latency_ms"), throughput_ips=speed.get("throughput_ips"),
+            scored_on=f"{(ev.get('data') or {}).get('spec')}: {(ev.get('data') or {}).get('split_source')}"
+                      + (" (flip TTA)" if ev.get("tta") else ""),
+        )
+        row.update({f"recall_{c}": m.get("recall") for c, m in (ev.get("per_class") or {}).items()})
+    elif metrics.get("test"):
+        test = metrics["test"]
+        row.update(accuracy=test.get("accuracy"), macro_f1=test.get("macro_f1"),
+                   scored_on=f"{run.get('data')}: {split} split, at the end of training")
+    return row
+
+
+def runs_table(run_list: list[dict], split: str = "test") -> dict[str, Any]:
+    """``{"classes", "columns", "rows"}`` for every run: the benchmark's columns plus run name, data and date.
+
+    ``classes`` is the union of the runs' labels (per-class recall columns), in
+    order of first appearance; :func:`table_csv` writes it as CSV.
+    """
+    rows = [run_row(r, split) for r in run_list]
+    classes: list[str] = []
+    for r in run_list:
+        for c in r.get("labels") or []:
+            if c not in classes:
+                classes.append(c)
+    cols = ["run", *columns(classes), "scored_on", "created"]
+    return {"classes": classes, "columns": cols, "rows": [{k: row.get(k) for k in cols} for row in rows]}
+
+
+def table_csv(table: dict[str, Any]) -> str:
+    """CSV of a :func:`runs_table` (empty cells for missing values)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=table["columns"], lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in table["rows"]:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in table["columns"]})
+    return buf.getvalue()

@@ -24,9 +24,11 @@ class ConfigError(ValueError):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from emotion.faces import FaceDetectionError
     from emotion.models import ModelError
 
-    return (DatasetError, ImageLoadError, ModelError, ConfigError, FileNotFoundError, NotADirectoryError)
+    return (DatasetError, ImageLoadError, ModelError, ConfigError, FileNotFoundError, NotADirectoryError,
+            FaceDetectionError)
 
 
 def _add_data_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -286,6 +288,186 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_face_args(p: argparse.ArgumentParser) -> None:
+    """Run choice and face-finding options shared by ``predict`` and ``explain``."""
+    from emotion.faces import DetectorConfig
+
+    det = DetectorConfig()
+    p.add_argument("--run", default=None,
+                   help="run folder (default: checkpoints/default, else the finished run with the best "
+                        "validation accuracy under checkpoints/runs; the one used is named)")
+    p.add_argument("--whole-image", action="store_true",
+                   help="when no face is found, classify the whole image (right for tight face crops such "
+                        "as FER2013's)")
+    p.add_argument("--min-face-size", type=int, default=det.min_face_size,
+                   help="smallest face side in pixels MTCNN looks for (default: %(default)s)")
+    p.add_argument("--min-score", type=float, default=det.min_score,
+                   help="drop faces whose detector score is below this (default: %(default)s)")
+    p.add_argument("--thresholds", default=",".join(f"{t:g}" for t in det.thresholds),
+                   help="MTCNN P-Net,R-Net,O-Net thresholds (default: %(default)s)")
+    p.add_argument("--max-side", type=int, default=det.max_side or 0,
+                   help="downscale larger images to this side before detection; 0 keeps full size "
+                        "(default: %(default)s)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="context around each face, as a fraction of its size (default: what the run was "
+                        "trained with, else 0.2)")
+    p.add_argument("--grayscale", action="store_true",
+                   help="convert faces to grayscale first (models trained on grayscale faces, e.g. "
+                        "FER2013)")
+    p.add_argument("--device", default="cpu", help="torch device for the classifier (default: %(default)s)")
+
+
+def _predictor_config(args: argparse.Namespace):
+    from emotion.faces import DetectorConfig
+    from emotion.inference import PredictorConfig
+
+    try:
+        thresholds = tuple(float(t) for t in _comma_list(args.thresholds))
+        detector = DetectorConfig(min_face_size=args.min_face_size,
+                                  thresholds=thresholds,  # type: ignore[arg-type]
+                                  min_score=args.min_score, max_side=args.max_side or None)
+        return PredictorConfig(detector=detector, margin=args.margin, whole_image=args.whole_image,
+                               grayscale=args.grayscale, device=args.device,
+                               max_faces=getattr(args, "max_faces", None))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_output_image(path: str, option: str):
+    """``path`` as a Path, if its extension names an image format Pillow can write."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    out = Path(path)
+    if out.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"{option} {path}: use an image file name such as out.png")
+    return out
+
+
+def _setup_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    _add_face_args(p)
+    p.add_argument("--max-faces", type=int, default=None, help="classify at most this many (largest) faces")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per image (one per line), each with a 'faces' list")
+    p.add_argument("--annotate", default=None, metavar="OUT.png",
+                   help="save the image with boxes and labels drawn (several images: OUT-1.png, "
+                        "OUT-2.png ...)")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from emotion.images import load_image
+
+    annotate = _check_output_image(args.annotate, "--annotate") if args.annotate else None
+    config = _predictor_config(args)
+    images = [load_image(path) for path in args.images]  # unreadable files fail before the model loads
+    from emotion.inference import Predictor
+
+    predictor = Predictor.from_run(args.run, config)
+    about = predictor.describe()
+    for i, (path, img) in enumerate(zip(args.images, images), start=1):
+        result = predictor.predict(img)
+        if annotate is not None:
+            out = annotate if len(images) == 1 else annotate.with_name(
+                f"{annotate.stem}-{i}{annotate.suffix}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            predictor.annotate(img, result).save(out)
+            logger.info("annotated %s -> %s", path, out)
+        if args.json:
+            print(json.dumps({"image": str(path), **result.to_dict(), "run": about.get("run"),
+                              "run_reason": about.get("run_reason"), "model": about["model"]}), flush=True)
+            continue
+        print(f"{path}: {result.message}")
+        for j, face in enumerate(result.faces):
+            box = ", ".join(f"{v:.0f}" for v in face.box)
+            others = ", ".join(f"{k} {v:.0%}" for k, v in face.probabilities.items())
+            print(f"  {'whole image' if face.source == 'whole' else f'face {j}'} ({box}): "
+                  f"{face.label} {face.confidence:.0%}  [{others}]")
+    if not args.json:
+        print(f"model: {about['model']} from {about.get('run')} ({about.get('run_reason')})")
+    return 0
+
+
+def _setup_explain(p: argparse.ArgumentParser) -> None:
+    from emotion.explain import DEFAULT_ROAD_PERCENTILES, HEAD_FUSIONS, METHODS
+
+    p.add_argument("image", metavar="IMAGE", help="an image file; its largest face is explained (see --face)")
+    _add_face_args(p)
+    p.add_argument("--method", default="gradcam", choices=list(METHODS) + ["patches"],
+                   help="explanation method; 'patches' draws how a ViT cuts the face into tokens "
+                        "(default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="MAP.png", help="where to save the picture")
+    p.add_argument("--target", default=None,
+                   help="class to explain, by name or index (default: the predicted class)")
+    p.add_argument("--face", type=int, default=None,
+                   help="which face, numbered from 0 left to right (default: the largest)")
+    p.add_argument("--no-road", action="store_true", help="skip the ROAD faithfulness score")
+    p.add_argument("--road-percentiles", default=",".join(map(str, DEFAULT_ROAD_PERCENTILES)),
+                   help="pixel shares (%%) ROAD removes and averages over (default: %(default)s)")
+    p.add_argument("--head-fusion", default="mean", choices=HEAD_FUSIONS, help="rollout: how heads combine")
+    p.add_argument("--discard-ratio", type=float, default=0.9,
+                   help="rollout: share of the weakest attention weights dropped per block "
+                        "(default: %(default)s)")
+    p.add_argument("--max-channels", type=int, default=None,
+                   help="scorecam: score only this many most varied channels (default: all)")
+    p.add_argument("--batch-size", type=int, default=32, help="scorecam: masked images per forward pass")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from emotion.explain import NoFaceError, explain_face, patch_grid
+    from emotion.images import load_image
+    from emotion.inference import Predictor
+
+    out = _check_output_image(args.out, "--out")
+    config = _predictor_config(args)
+    try:
+        percentiles = [int(v) for v in _comma_list(args.road_percentiles)]
+    except ValueError:
+        raise ConfigError(f"--road-percentiles {args.road_percentiles!r} must be comma-separated "
+                          "integers") from None
+    img = load_image(args.image)
+    predictor = Predictor.from_run(args.run, config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.method == "patches":
+        faces = predictor.detect(img)
+        if not faces and not config.whole_image:
+            raise NoFaceError(f"no face found in {args.image}; add --whole-image to use the whole image")
+        index = args.face if args.face is not None else (
+            max(range(len(faces)), key=lambda i: faces[i].area) if faces else None)
+        if faces and not 0 <= index < len(faces):
+            raise ConfigError(f"--face {index}: {len(faces)} face(s) found, numbered from 0")
+        picture, info = patch_grid(predictor, predictor.crop(img, faces[index] if faces else None))
+        picture.save(out)
+        print(json.dumps({"method": "patches", **info, "out": str(out)}) if args.json else
+              f"{info['grid'][0]}x{info['grid'][1]} patches of {info['patch_pixels'][0]} px plus "
+              f"{info['prefix_tokens']} prefix token(s) = {info['tokens']} tokens; wrote {out}")
+        return 0
+    options = {"rollout": {"head_fusion": args.head_fusion, "discard_ratio": args.discard_ratio},
+               "scorecam": {"max_channels": args.max_channels, "batch_size": args.batch_size},
+               }.get(args.method, {})
+    result = explain_face(predictor, img, args.method, face=args.face, target=args.target,
+                          road=not args.no_road, road_percentiles=percentiles, **options)
+    result.figure().save(out)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "image": args.image, "out": str(out), **predictor.describe()}))
+        return 0
+    where = "the whole image" if result.face is None else f"face {result.face_index}"
+    road = ""
+    if result.road:
+        r = result.road
+        road = f"; ROAD {r.combined:+.3f} (MoRF {r.morf:+.3f}, LeRF {r.lerf:+.3f}; higher is more faithful)"
+    p_target = result.probabilities[result.target]
+    print(f"{result.method} for '{result.target_label}' (p={p_target:.2f}, predicted "
+          f"'{result.labels[result.predicted]}') on {where}{road}; wrote {out}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "audit": ("check a dataset for corrupt, blank, duplicate and leaked images", _setup_audit, _cmd_audit),
     "train": ("train a model into a run folder", _setup_train, _cmd_train),
@@ -295,6 +477,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "ensemble": ("combine trained runs into an ensemble run", _setup_ensemble, _cmd_ensemble),
     "benchmark": ("train or reuse several models, ensemble them and tabulate test scores", _setup_benchmark,
                   _cmd_benchmark),
+    "predict": ("find the faces in images and classify their emotions", _setup_predict, _cmd_predict),
+    "explain": ("show which parts of a face drove a prediction (Grad-CAM, rollout, feature maps)",
+                _setup_explain, _cmd_explain),
 }
 
 

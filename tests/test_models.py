@@ -50,9 +50,9 @@ def test_every_model_builds_with_right_output_shape(name: str) -> None:
     cfg = built.config
     assert cfg.preprocess.input_size == size and len(cfg.mean) == 3
     assert cfg.cam_target, "every model names the layer explanations target"
-    target = cfg.cam_target.replace(".-1.", ".")  # -1 indexes the last block
-    if "-1" not in cfg.cam_target:
-        get_submodule(built.module, target)
+    get_submodule(built.module, cfg.cam_target)  # "-1" indexes the last block
+    for layer in cfg.feature_layers:
+        get_submodule(built.module, layer)
     with torch.no_grad():
         out = built.module.eval()(torch.randn(2, 3, size, size))
     assert out.shape == (2, 3)

@@ -36,15 +36,16 @@ class EnsembleModel(nn.Module):
             self.register_buffer(f"std_{i}", torch.tensor(c.std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("weights", w / w.sum(), persistent=False)
 
+    def member_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Member ``i``'s input (its size and normalisation) from [0, 1]-scaled images."""
+        xi = x if x.shape[-1] == self.sizes[i] else F.interpolate(
+            x, size=(self.sizes[i], self.sizes[i]), mode="bilinear", align_corners=False, antialias=True)
+        return (xi - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
+
     def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """(members, batch, classes) probabilities for [0, 1]-scaled images."""
-        probs = []
-        for i, member in enumerate(self.members):
-            xi = x if x.shape[-1] == self.sizes[i] else F.interpolate(
-                x, size=(self.sizes[i], self.sizes[i]), mode="bilinear", align_corners=False, antialias=True)
-            xi = (xi - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
-            probs.append(member(xi).float().softmax(-1))
-        return torch.stack(probs)
+        return torch.stack([member(self.member_input(x, i)).float().softmax(-1)
+                            for i, member in enumerate(self.members)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = (self.member_probabilities(x) * self.weights.view(-1, 1, 1)).sum(0)

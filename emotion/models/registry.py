@@ -132,12 +132,29 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def get_submodule(module: nn.Module, dotted: str) -> nn.Module:
-    """``module.get_submodule`` with a clear error naming the available children."""
-    try:
-        return module.get_submodule(dotted)
-    except AttributeError:
-        names = [n for n, _ in module.named_children()]
-        raise ModelError(f"layer {dotted!r} not found; top-level children: {names}") from None
+    """``module.get_submodule`` with negative indices into block lists and a clear error.
+
+    ``blocks.-1.norm1`` names the last block's ``norm1`` whatever the depth, so
+    a model config can point explanations at "the last block" once; a part may
+    also be a property that returns a submodule.
+    """
+    current = module
+    for part in dotted.split(".") if dotted else []:
+        if part.lstrip("-").isdigit() and isinstance(current, (nn.ModuleList, nn.Sequential)):
+            try:
+                current = current[int(part)]
+                continue
+            except IndexError:
+                pass
+        child = current._modules.get(part) if isinstance(current, nn.Module) else None
+        if child is None:  # a property naming a submodule, e.g. a version-independent ``blocks``
+            attr = getattr(type(current), part, None)
+            child = getattr(current, part) if isinstance(attr, property) else None
+        if not isinstance(child, nn.Module):
+            names = [n for n, _ in module.named_children()]
+            raise ModelError(f"layer {dotted!r} not found (no {part!r}); top-level children: {names}")
+        current = child
+    return current
 
 
 def logits_of(output: Any) -> torch.Tensor:

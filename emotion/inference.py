@@ -1,0 +1,595 @@
+"""Prediction: images (or webcam frames) in, faces with emotions out.
+
+A :class:`Predictor` wraps a trained run: it finds every face with MTCNN
+(:mod:`emotion.faces`), crops each the way the run expects, classifies all
+faces of an image in one batched forward pass and returns an
+:class:`ImagePrediction` (faces left to right, each with box, landmarks,
+per-class probabilities and top label).  Preprocessing comes from the run's
+:class:`~emotion.models.ModelConfig`, never restated here.
+
+When no face is found the result says so (``no_face``); classifying the whole
+image instead is an explicit choice (``whole_image=True``), right for tight
+face crops such as FER2013's on which MTCNN finds nothing.
+
+:class:`VideoPredictor` is the webcam path: it keeps face tracks, runs the
+detector only every ``redetect_every`` frames (or when a face crop changed,
+or a track was lost), reuses the boxes in between, and smooths each track's
+probabilities with an exponential moving average so labels do not flicker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from emotion import paths, runs
+from emotion.data.transforms import build_transform
+from emotion.faces import (
+    DetectorConfig,
+    Face,
+    FaceDetector,
+    MissPolicy,
+    crop_face,
+    draw_faces,
+    fallback_crop,
+    get_detector,
+)
+from emotion.images import ImageInput, load_image
+from emotion.models import ModelConfig, ModelError
+from emotion.models.registry import logits_of
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MARGIN = 0.2
+VIDEO_MAX_SIDE = 320  # webcam frames are detected at this size (about 33 ms on 2 cores for 640x480)
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+RunLike = Union[str, Path, runs.LoadedRun, None]
+
+
+# --------------------------------------------------------------------------- which run
+
+
+@dataclass(frozen=True)
+class RunChoice:
+    """The run a predictor uses and why (shown to users: they should know which model answered)."""
+
+    path: Path
+    reason: str  # "given", "default", or "best validation accuracy ..."
+
+    def to_dict(self) -> dict[str, str]:
+        return {"run": str(self.path), "run_reason": self.reason}
+
+
+def _val_accuracy(metrics: Any) -> Optional[float]:
+    """Validation accuracy as training records it in ``metrics.json`` (None when absent)."""
+    try:
+        value = float(metrics["val"]["accuracy"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _is_complete(run_dir: Path) -> bool:
+    info = runs.describe_run(run_dir) if run_dir.is_dir() else None
+    return bool(info and info["ready"] and info["state"] == "completed")
+
+
+def best_run(runs_dir: Union[str, Path, None] = None) -> Optional[tuple[Path, float]]:
+    """The completed run with the highest validation accuracy under ``runs_dir`` (ties: the newest).
+
+    ``runs_dir`` defaults to :func:`emotion.paths.runs_dir` (``checkpoints/runs``).
+    """
+    scored = []
+    for info in runs.list_runs(runs_dir):  # newest first
+        acc = _val_accuracy(info["metrics"])
+        if acc is not None and info["ready"] and info["state"] == "completed":
+            scored.append((acc, Path(info["path"])))
+    if not scored:
+        return None
+    acc, path = max(scored, key=lambda t: t[0])  # max keeps the first (newest) of equal scores
+    return path, acc
+
+
+def resolve_run(run: Union[str, Path, None] = None, runs_dir: Union[str, Path, None] = None,
+                default_dir: Union[str, Path, None] = None) -> RunChoice:
+    """``run`` if given; else the shipped model (``checkpoints/default``); else the best run.
+
+    Relative defaults are looked up in the working directory, then in the
+    repository this package lives in (so the CLI works from anywhere).
+    """
+    if run is not None:
+        path = Path(run).expanduser()
+        if not path.is_dir():
+            raise runs.RunError(f"run folder {path} does not exist")
+        return RunChoice(path, "given")
+    bases = [Path.cwd()] + ([_REPO_ROOT] if _REPO_ROOT != Path.cwd() else [])
+    for base in bases:
+        default = base / (default_dir if default_dir is not None else paths.default_model_dir())
+        if _is_complete(default):
+            return RunChoice(default, "default")
+    for base in bases:
+        found = best_run(base / (runs_dir if runs_dir is not None else paths.runs_dir()))
+        if found is not None:
+            path, acc = found
+            return RunChoice(path, f"best validation accuracy ({acc:.3f}) among the runs in {path.parent}")
+    raise runs.RunError(
+        f"no model to predict with: {paths.default_model_dir()} does not exist and {paths.runs_dir()} "
+        "holds no finished run; train one (python -m emotion train ...) or pass --run RUN_DIR")
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _class_probs(labels: Sequence[str], probs: np.ndarray) -> dict[str, float]:
+    return {name: float(p) for name, p in zip(labels, probs)}
+
+
+@dataclass
+class FacePrediction:
+    """One classified face: where it is, what the model thinks, and how sure it is."""
+
+    face: Face  # box and landmarks in original-image pixels (the whole image when source == "whole")
+    probabilities: dict[str, float]
+    source: str = "face"  # "face": detected by MTCNN; "whole": the whole image, no face was found
+    track_id: Optional[int] = None  # video mode: stable id of this face across frames
+    frame_probabilities: Optional[dict[str, float]] = None  # video mode: this frame's, before smoothing
+
+    @property
+    def label(self) -> str:
+        return max(self.probabilities, key=self.probabilities.__getitem__)
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.label]
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return self.face.box
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.face.to_dict()
+        if self.source == "whole":
+            d["score"] = None  # not a detection
+        d.update({"label": self.label, "confidence": round(self.confidence, 5),
+                  "probabilities": {k: round(v, 5) for k, v in self.probabilities.items()},
+                  "source": self.source})
+        if self.track_id is not None:
+            d["track_id"] = self.track_id
+        if self.frame_probabilities is not None:
+            d["frame_probabilities"] = {k: round(v, 5) for k, v in self.frame_probabilities.items()}
+        return d
+
+
+@dataclass
+class ImagePrediction:
+    """Every face of one image, left to right; ``no_face`` says when the detector found none."""
+
+    faces: list[FacePrediction]
+    size: tuple[int, int]  # (width, height) of the image
+    labels: list[str]
+    detected: bool = True  # the detector ran on this image (video mode skips it on tracked frames)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def no_face(self) -> bool:
+        return not any(f.source == "face" for f in self.faces)
+
+    @property
+    def whole_image(self) -> bool:
+        return any(f.source == "whole" for f in self.faces)
+
+    @property
+    def message(self) -> str:
+        if not self.no_face:
+            return f"{len(self.faces)} face{'s' if len(self.faces) != 1 else ''}"
+        return "no face found; classified the whole image" if self.whole_image else "no face found"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "faces": [f.to_dict() for f in self.faces],
+            "no_face": self.no_face,
+            "whole_image": self.whole_image,
+            "message": self.message,
+            "image_size": list(self.size),
+            "labels": list(self.labels),
+            "detected": self.detected,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+@dataclass
+class PredictorConfig:
+    """How faces are found and cropped before classification."""
+
+    detector: DetectorConfig = field(default_factory=DetectorConfig, metadata={
+        "help": "MTCNN settings: thresholds, min_face_size, min_score, max_side"})
+    margin: Optional[float] = field(default=None, metadata={
+        "help": "context around each face as a fraction of its size; None: what the run was trained "
+                f"with, else {DEFAULT_MARGIN}"})
+    align: bool = field(default=False, metadata={"help": "level the eyes before cropping"})
+    whole_image: bool = field(default=False, metadata={
+        "help": "no face found: classify the whole image (right for tight face crops such as FER)"})
+    grayscale: bool = field(default=False, metadata={
+        "help": "convert crops to grayscale first (models trained on grayscale faces, e.g. FER2013)"})
+    max_faces: Optional[int] = field(default=None, metadata={
+        "help": "classify at most this many faces (the largest); None: all"})
+    device: str = field(default="cpu", metadata={"help": "torch device for the classifier"})
+    channels_last: bool = field(default=True, metadata={
+        "help": "channels-last memory format for CNNs (faster on CPU)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.detector, dict):
+            self.detector = DetectorConfig.from_dict(self.detector)
+        if not isinstance(self.detector, DetectorConfig):
+            raise ValueError(f"detector={self.detector!r} must be a DetectorConfig or a dict of its fields")
+        if self.margin is not None and (isinstance(self.margin, bool)
+                                        or not 0.0 <= float(self.margin) <= 2.0):
+            raise ValueError(f"margin={self.margin!r} must be None or between 0 and 2")
+        if self.max_faces is not None and (isinstance(self.max_faces, bool) or int(self.max_faces) < 1):
+            raise ValueError(f"max_faces={self.max_faces!r} must be None or at least 1")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={self.device!r} is not a torch device; use 'cpu', 'cuda' or "
+                             "'cuda:0'") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["detector"] = self.detector.to_dict()
+        return d
+
+
+def _run_margin(spec: dict, run_dir: Path, input_size: int) -> Optional[float]:
+    """The face margin a run was trained with (None when it was trained on whole images)."""
+    from emotion.evaluation import _face_crop_config
+
+    crop = _face_crop_config(spec, run_dir, input_size)
+    return None if crop is None else crop.margin
+
+
+class Predictor:
+    """Faces and emotions for any image, with a shared model and a shared detector.
+
+    Thread-safe: the detector serialises its own calls and the classifier runs
+    in eval mode under ``torch.inference_mode``, so one predictor can serve
+    many app sessions.  The module is put in eval mode on ``device`` and, for
+    CNNs, in channels-last memory format (same outputs, faster on CPU).
+    """
+
+    def __init__(self, module: nn.Module, model_config: ModelConfig, labels: Sequence[str],
+                 config: Optional[PredictorConfig] = None, run: Optional[RunChoice] = None,
+                 run_margin: Optional[float] = None) -> None:
+        self.config = config if config is not None else PredictorConfig()
+        if not isinstance(self.config, PredictorConfig):
+            raise ValueError(f"config must be a PredictorConfig, got {type(self.config).__name__}")
+        self.model_config = model_config
+        self.labels = list(labels)
+        self.run = run
+        self.margin = (self.config.margin if self.config.margin is not None
+                       else run_margin if run_margin is not None else DEFAULT_MARGIN)
+        self.device = torch.device(self.config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(f"device={self.config.device!r} but CUDA is not available; use device='cpu'")
+        self.module = module.to(self.device).eval()
+        if self.config.channels_last and model_config.family == "cnn":
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self._channels_last = self.config.channels_last and model_config.family == "cnn"
+        self._transform = build_transform(model_config.preprocess)
+        self._detector: Optional[FaceDetector] = None
+
+    @classmethod
+    def from_run(cls, run: RunLike = None, config: Optional[PredictorConfig] = None) -> "Predictor":
+        """Load ``run`` (a folder or a :class:`~emotion.runs.LoadedRun`; None: default/best run)."""
+        if isinstance(run, runs.LoadedRun):
+            loaded, choice = run, RunChoice(run.path, "given")
+        else:
+            choice = resolve_run(run)
+            loaded = runs.load_run(choice.path)
+        if choice.reason != "given":
+            logger.info("using run %s (%s)", choice.path, choice.reason)
+        margin = _run_margin(loaded.spec, loaded.path, loaded.config.input_size)
+        return cls(loaded.module, loaded.config, loaded.labels, config, choice, margin)
+
+    @property
+    def input_size(self) -> int:
+        return self.model_config.input_size
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            self._detector = get_detector(self.config.detector)
+        return self._detector
+
+    def warmup(self) -> "Predictor":
+        """Load the detector and run the classifier once, so the first real image is not slow."""
+        self.detector.warmup()
+        self.classify([Image.new("RGB", (self.input_size,) * 2, (127, 127, 127))])
+        return self
+
+    # ---- steps
+
+    def detect(self, image: ImageInput, detector: Optional[FaceDetector] = None) -> list[Face]:
+        """Faces left to right (at most ``max_faces``, the largest kept)."""
+        faces = (detector or self.detector).detect(image)
+        if self.config.max_faces is not None and len(faces) > self.config.max_faces:
+            keep = sorted(faces, key=lambda f: f.area, reverse=True)[: self.config.max_faces]
+            faces = [f for f in faces if f in keep]
+        return faces
+
+    def crop(self, image: ImageInput, face: Optional[Face]) -> Image.Image:
+        """The model's view of one face (None: the whole image, padded square) at its input size."""
+        img = load_image(image)
+        if face is None:
+            out = fallback_crop(img, MissPolicy.WHOLE, size=self.input_size)
+        else:
+            out = crop_face(img, face, margin=self.margin, size=self.input_size, align=self.config.align)
+        if out is None:  # fallback_crop gives None only for MissPolicy.SKIP
+            raise ValueError("no crop for this image")
+        return out.convert("L").convert("RGB") if self.config.grayscale else out
+
+    def to_tensor(self, crops: Sequence[Image.Image]) -> torch.Tensor:
+        """A normalised batch, preprocessed exactly as the run's config says."""
+        x = torch.stack([self._transform(np.asarray(c.convert("RGB"), dtype=np.uint8)) for c in crops])
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
+
+    @torch.inference_mode()
+    def classify(self, crops: Sequence[Image.Image]) -> np.ndarray:
+        """``(n, classes)`` probabilities for face crops, in one forward pass."""
+        if not crops:
+            return np.zeros((0, len(self.labels)))
+        logits = logits_of(self.module(self.to_tensor(crops)))
+        return logits.float().softmax(-1).cpu().numpy().astype(np.float64)
+
+    # ---- whole pipeline
+
+    def predict(self, image: ImageInput, whole_image: Optional[bool] = None) -> ImagePrediction:
+        """Detect, crop and classify every face of ``image`` (path, bytes, PIL or array).
+
+        ``whole_image`` overrides the config: with True an image without faces is
+        classified as a whole (result marked ``source='whole'``).  Raises
+        ``ImageLoadError`` for undecodable input.
+        """
+        t0 = time.perf_counter()
+        img = load_image(image)
+        faces = self.detect(img)
+        t1 = time.perf_counter()
+        result = self.predict_faces(img, faces, whole_image=whole_image)
+        result.timings_ms = {"detect": (t1 - t0) * 1000, **result.timings_ms,
+                             "total": (time.perf_counter() - t0) * 1000}
+        return result
+
+    def predict_faces(self, image: ImageInput, faces: Sequence[Face],
+                      whole_image: Optional[bool] = None) -> ImagePrediction:
+        """Classify given faces (e.g. tracked boxes); with none, the whole image if asked."""
+        t0 = time.perf_counter()
+        img = load_image(image)
+        whole = self.config.whole_image if whole_image is None else whole_image
+        targets: list[Optional[Face]] = list(faces)
+        if not targets and whole:
+            targets = [None]
+        probs = self.classify([self.crop(img, f) for f in targets])
+        w, h = img.size
+        out = [FacePrediction(f if f is not None else Face((0.0, 0.0, float(w), float(h)), (), 0.0),
+                              _class_probs(self.labels, p), "face" if f is not None else "whole")
+               for f, p in zip(targets, probs)]
+        return ImagePrediction(out, (w, h), self.labels,
+                               timings_ms={"classify": (time.perf_counter() - t0) * 1000})
+
+    def annotate(self, image: ImageInput, prediction: ImagePrediction) -> Image.Image:
+        """The image with each face's box, landmarks and top label drawn."""
+        faces = [f.face for f in prediction.faces]
+        texts = [(f"#{f.track_id} " if f.track_id is not None else "") + f"{f.label} {f.confidence:.0%}"
+                 for f in prediction.faces]
+        return draw_faces(image, faces, labels=texts)
+
+    def describe(self) -> dict[str, Any]:
+        """What answers: run, model, labels and crop settings (for JSON output and the app)."""
+        return {**(self.run.to_dict() if self.run else {}), "model": self.model_config.name,
+                "input_size": self.input_size, "labels": list(self.labels), "margin": self.margin,
+                "detector": self.config.detector.to_dict()}
+
+
+_PREDICTORS: dict[str, Predictor] = {}
+_PREDICTORS_LOCK = threading.Lock()
+
+
+def get_predictor(run: Union[str, Path, None] = None, config: Optional[PredictorConfig] = None) -> Predictor:
+    """One shared predictor per run folder, weights file version and config (for the app)."""
+    choice = resolve_run(run)
+    config = config if config is not None else PredictorConfig()
+    weights = choice.path / runs.WEIGHTS_FILE
+    stamp = weights.stat().st_mtime_ns if weights.exists() else 0
+    key = json.dumps([str(choice.path.resolve()), stamp, config.to_dict()], sort_keys=True, default=str)
+    with _PREDICTORS_LOCK:
+        pred = _PREDICTORS.get(key)
+        if pred is None:
+            pred = _PREDICTORS[key] = Predictor.from_run(choice.path, config)
+            pred.run = choice
+        return pred
+
+
+# --------------------------------------------------------------------------- video
+
+
+@dataclass
+class VideoConfig:
+    """Webcam settings: how often to detect, how to track, how much to smooth."""
+
+    redetect_every: int = field(default=5, metadata={
+        "help": "run the detector on every k-th frame; frames in between reuse the tracked boxes"})
+    ema_alpha: float = field(default=0.4, metadata={
+        "help": "weight of the newest frame in each face's moving average (1 = no smoothing)"})
+    change_threshold: Optional[float] = field(default=0.12, metadata={
+        "help": "re-detect early when a tracked face crop changed by more than this (mean absolute "
+                "difference of 16x16 grey thumbnails, 0..1); None: only every k frames"})
+    match_iou: float = field(default=0.3, metadata={
+        "help": "a detection continues a track when their boxes overlap at least this much (IoU)"})
+    max_side: Optional[int] = field(default=VIDEO_MAX_SIDE, metadata={
+        "help": "downscale frames to this longer side for detection (speed); None: the predictor's"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.redetect_every, bool) or int(self.redetect_every) < 1:
+            raise ValueError(f"redetect_every={self.redetect_every!r} must be an integer >= 1")
+        self.redetect_every = int(self.redetect_every)
+        if not 0.0 < float(self.ema_alpha) <= 1.0:
+            raise ValueError(f"ema_alpha={self.ema_alpha!r} must be in (0, 1]; 1 turns smoothing off")
+        if self.change_threshold is not None and not 0.0 < float(self.change_threshold) <= 1.0:
+            raise ValueError(f"change_threshold={self.change_threshold!r} must be None or in (0, 1]")
+        if not 0.0 < float(self.match_iou) <= 1.0:
+            raise ValueError(f"match_iou={self.match_iou!r} must be in (0, 1]")
+
+
+def ema(previous: Optional[np.ndarray], current: np.ndarray, alpha: float) -> np.ndarray:
+    """Exponential moving average: ``alpha * current + (1 - alpha) * previous`` (first frame: current)."""
+    current = np.asarray(current, dtype=np.float64)
+    return current.copy() if previous is None else alpha * current + (1.0 - alpha) * previous
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _thumbnail(img: Image.Image, face: Face) -> np.ndarray:
+    """A 16x16 grey view of a face box: cheap evidence of whether the face moved or changed."""
+    w, h = img.size
+    box = face.clipped(w, h)
+    if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+        return np.zeros((16, 16), dtype=np.float32)
+    small = img.crop(box).convert("L").resize((16, 16), Image.Resampling.BILINEAR)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+@dataclass
+class Track:
+    """A face followed across frames."""
+
+    id: int
+    face: Face
+    source: str
+    reference: np.ndarray  # thumbnail when last detected
+    smoothed: Optional[np.ndarray] = None
+    frames: int = 0
+
+
+class VideoPredictor:
+    """Per-frame predictions for a stream: tracked faces, detector every k frames, EMA smoothing.
+
+    Not thread-safe (a stream is sequential); give each webcam session its own
+    instance over a shared :class:`Predictor`.
+    """
+
+    def __init__(self, predictor: Predictor, config: Optional[VideoConfig] = None) -> None:
+        self.predictor = predictor
+        self.config = config if config is not None else VideoConfig()
+        det_cfg = predictor.config.detector
+        if self.config.max_side is not None:
+            side = max(self.config.max_side, det_cfg.min_face_size, 32)
+            det_cfg = dataclasses.replace(det_cfg, max_side=side)
+        self.detector = get_detector(det_cfg)
+        self.tracks: list[Track] = []
+        self.frame_index = -1
+        self._last_detection = -(10 ** 9)
+        self._next_id = 1
+        self.detections = 0  # how often the detector ran (for the UI and tests)
+
+    def reset(self) -> None:
+        """Forget all tracks (new stream or camera switched)."""
+        self.tracks = []
+        self.frame_index = -1
+        self._last_detection = -(10 ** 9)
+
+    def _needs_detection(self, img: Image.Image) -> tuple[bool, dict[int, np.ndarray]]:
+        if not self.tracks or self.frame_index - self._last_detection >= self.config.redetect_every:
+            return True, {}
+        thumbs = {t.id: _thumbnail(img, t.face) for t in self.tracks}
+        if self.config.change_threshold is not None:
+            for t in self.tracks:
+                if t.source == "face" and float(np.abs(thumbs[t.id] - t.reference).mean()) > \
+                        self.config.change_threshold:
+                    return True, {}
+        return False, thumbs
+
+    def _match(self, img: Image.Image, faces: list[Face], source: str) -> None:
+        """Continue tracks with the detections that overlap them; start new ones; drop lost ones."""
+        pairs = sorted(((box_iou(t.face.box, f.box), ti, fi) for ti, t in enumerate(self.tracks)
+                        for fi, f in enumerate(faces)), reverse=True)
+        used_t, used_f, new_tracks = set(), set(), []
+        for iou, ti, fi in pairs:
+            if iou < self.config.match_iou or ti in used_t or fi in used_f:
+                continue
+            used_t.add(ti)
+            used_f.add(fi)
+            track = self.tracks[ti]
+            track.face, track.source, track.reference = faces[fi], source, _thumbnail(img, faces[fi])
+            new_tracks.append(track)
+        for fi, f in enumerate(faces):
+            if fi not in used_f:
+                new_tracks.append(Track(self._next_id, f, source, _thumbnail(img, f)))
+                self._next_id += 1
+        lost = [t.id for i, t in enumerate(self.tracks) if i not in used_t]
+        if lost:
+            logger.debug("frame %d: tracks %s lost", self.frame_index, lost)
+        self.tracks = sorted(new_tracks, key=lambda t: (t.face.center[0], t.face.center[1]))
+
+    def update(self, frame: ImageInput) -> ImagePrediction:
+        """Predict one frame; faces carry ``track_id`` and EMA-smoothed probabilities."""
+        t0 = time.perf_counter()
+        img = load_image(frame)
+        self.frame_index += 1
+        detect, _ = self._needs_detection(img)
+        if detect:
+            faces = self.predictor.detect(img, detector=self.detector)
+            self.detections += 1
+            self._last_detection = self.frame_index
+            source = "face"
+            if not faces and self.predictor.config.whole_image:
+                w, h = img.size
+                faces, source = [Face((0.0, 0.0, float(w), float(h)), (), 0.0)], "whole"
+            self._match(img, faces, source)
+        t1 = time.perf_counter()
+        crops = [self.predictor.crop(img, t.face if t.source == "face" else None) for t in self.tracks]
+        probs = self.predictor.classify(crops)
+        labels = self.predictor.labels
+        out = []
+        for track, p in zip(self.tracks, probs):
+            track.smoothed = ema(track.smoothed, p, self.config.ema_alpha)
+            track.frames += 1
+            out.append(FacePrediction(track.face, _class_probs(labels, track.smoothed), track.source,
+                                      track.id, _class_probs(labels, p)))
+        t2 = time.perf_counter()
+        return ImagePrediction(out, img.size, labels, detected=detect,
+                               timings_ms={"detect": (t1 - t0) * 1000, "classify": (t2 - t1) * 1000,
+                                           "total": (t2 - t0) * 1000})
+
+
+def predict_image(image: ImageInput, run: Union[str, Path, None] = None,
+                  config: Optional[PredictorConfig] = None) -> ImagePrediction:
+    """One call: the shared predictor of ``run`` (default/best run when None) on one image."""
+    return get_predictor(run, config).predict(image)
+
+
+__all__ = [
+    "FacePrediction", "ImagePrediction", "Predictor", "PredictorConfig", "RunChoice",
+    "Track", "VideoConfig", "VideoPredictor", "best_run", "box_iou", "ema", "get_predictor", "predict_image",
+    "resolve_run",
+]
