@@ -311,9 +311,9 @@ def _add_face_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--margin", type=float, default=None,
                    help="context around each face, as a fraction of its size (default: what the run was "
                         "trained with, else 0.2)")
-    p.add_argument("--grayscale", action="store_true",
-                   help="convert faces to grayscale first (models trained on grayscale faces, e.g. "
-                        "FER2013)")
+    p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
+                   help="convert faces to grayscale first (default: when the run was trained on grayscale "
+                        "images, e.g. FER2013)")
     p.add_argument("--device", default="cpu", help="torch device for the classifier (default: %(default)s)")
 
 

@@ -224,8 +224,9 @@ class PredictorConfig:
     align: bool = field(default=False, metadata={"help": "level the eyes before cropping"})
     whole_image: bool = field(default=False, metadata={
         "help": "no face found: classify the whole image (right for tight face crops such as FER)"})
-    grayscale: bool = field(default=False, metadata={
-        "help": "convert crops to grayscale first (models trained on grayscale faces, e.g. FER2013)"})
+    grayscale: Optional[bool] = field(default=None, metadata={
+        "help": "convert crops to grayscale first; None: when the run was trained on grayscale images "
+                "(e.g. FER2013), as its config.json records"})
     max_faces: Optional[int] = field(default=None, metadata={
         "help": "classify at most this many faces (the largest); None: all"})
     device: str = field(default="cpu", metadata={"help": "torch device for the classifier"})
@@ -273,7 +274,7 @@ class Predictor:
 
     def __init__(self, module: nn.Module, model_config: ModelConfig, labels: Sequence[str],
                  config: Optional[PredictorConfig] = None, run: Optional[RunChoice] = None,
-                 run_margin: Optional[float] = None) -> None:
+                 run_margin: Optional[float] = None, run_grayscale: bool = False) -> None:
         self.config = config if config is not None else PredictorConfig()
         if not isinstance(self.config, PredictorConfig):
             raise ValueError(f"config must be a PredictorConfig, got {type(self.config).__name__}")
@@ -282,6 +283,8 @@ class Predictor:
         self.run = run
         self.margin = (self.config.margin if self.config.margin is not None
                        else run_margin if run_margin is not None else DEFAULT_MARGIN)
+        # a model that only ever saw grey faces does worse on colour ones: follow its training data
+        self.grayscale = self.config.grayscale if self.config.grayscale is not None else run_grayscale
         self.device = torch.device(self.config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ModelError(f"device={self.config.device!r} but CUDA is not available; use device='cpu'")
@@ -303,7 +306,8 @@ class Predictor:
         if choice.reason != "given":
             logger.info("using run %s (%s)", choice.path, choice.reason)
         margin = _run_margin(loaded.spec, loaded.path, loaded.config.input_size)
-        return cls(loaded.module, loaded.config, loaded.labels, config, choice, margin)
+        grayscale = bool((loaded.spec.get("data") or {}).get("grayscale"))
+        return cls(loaded.module, loaded.config, loaded.labels, config, choice, margin, grayscale)
 
     @property
     def input_size(self) -> int:
@@ -340,7 +344,7 @@ class Predictor:
             out = crop_face(img, face, margin=self.margin, size=self.input_size, align=self.config.align)
         if out is None:  # fallback_crop gives None only for MissPolicy.SKIP
             raise ValueError("no crop for this image")
-        return out.convert("L").convert("RGB") if self.config.grayscale else out
+        return out.convert("L").convert("RGB") if self.grayscale else out
 
     def to_tensor(self, crops: Sequence[Image.Image]) -> torch.Tensor:
         """A normalised batch, preprocessed exactly as the run's config says."""
@@ -402,7 +406,7 @@ class Predictor:
         """What answers: run, model, labels and crop settings (for JSON output and the app)."""
         return {**(self.run.to_dict() if self.run else {}), "model": self.model_config.name,
                 "input_size": self.input_size, "labels": list(self.labels), "margin": self.margin,
-                "detector": self.config.detector.to_dict()}
+                "grayscale": self.grayscale, "detector": self.config.detector.to_dict()}
 
 
 _PREDICTORS: dict[str, Predictor] = {}

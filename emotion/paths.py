@@ -4,7 +4,8 @@ Everything defaults to folders under ``checkpoints/`` relative to the working
 directory (the repository root when the app or the CLI runs there).
 ``EMOTION_RUNS_DIR`` moves the runs folder, and with it the job queue and the
 exclusion lists that sit beside it (tests point it at a temporary folder so
-they never see the user's runs).
+they never see the user's runs); ``EMOTION_DEFAULT_MODEL_DIR`` moves the
+shipped model's folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 RUNS_DIR_ENV = "EMOTION_RUNS_DIR"
 JOBS_DIR_ENV = "EMOTION_JOBS_DIR"
+DEFAULT_MODEL_ENV = "EMOTION_DEFAULT_MODEL_DIR"
 DEFAULT_RUNS_DIR = Path("checkpoints") / "runs"
 DEFAULT_MODEL_DIR = Path("checkpoints") / "default"
 
@@ -43,5 +45,9 @@ def exclusion_file(dataset_name: str) -> Path:
 
 
 def default_model_dir() -> Path:
-    """The shipped model (``checkpoints/default``); prediction uses it when no run is named."""
-    return DEFAULT_MODEL_DIR
+    """The shipped model: ``$EMOTION_DEFAULT_MODEL_DIR`` or ``checkpoints/default``.
+
+    Prediction uses it when no run is named.
+    """
+    env = os.environ.get(DEFAULT_MODEL_ENV, "").strip()
+    return Path(env).expanduser() if env else DEFAULT_MODEL_DIR

@@ -142,6 +142,8 @@ def load_run(run_dir: Union[str, Path]) -> LoadedRun:
     except Exception as exc:
         raise RunError(f"{weights} does not match the architecture in {run_dir / CONFIG_FILE}: {exc}") from None
     built.module.eval()
+    logger.info("loaded %s (%s, input %d, started from %s)", run_dir, spec["model"], built.config.input_size,
+                spec.get("weights_source", "unknown weights"))
     return LoadedRun(built.module, built.config, list(labels), spec, run_dir)
 
 

@@ -344,6 +344,7 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
     built = create_model(config.model, len(labels), pretrained=pretrained,
                          input_size=config.image_size, **extra_kw)
     model_cfg = built.config
+    logger.info("training %s at %d px from %s", config.model, model_cfg.input_size, built.weights)
     data = prepare_data(config, splits, model_cfg.input_size, model_cfg.preprocess)
     on_cuda = torch.cuda.is_available()
     # On CPU, bf16 autocast speeds up the transformer's matmuls but slows depthwise/small
@@ -426,7 +427,8 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
     runs.save_model(run_dir, built.module, model_cfg, labels,
                     built.weights, extra={
                         "train_config": config.to_dict(),
-                        "data": {**data.splits.describe(), "train_images": len(data.train),
+                        "data": {**data.splits.describe(), "grayscale": data.splits.is_grayscale(),
+                                 "train_images": len(data.train),
                                  "val_images": len(data.val),
                                  "test_images": len(data.test) if data.test else 0,
                                  "val_source": data.val_source, "skipped_unreadable": data.skipped,

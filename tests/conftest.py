@@ -15,6 +15,7 @@ SHARED_FER = REPO_ROOT.parent / "shared" / "datasets" / "fer2013"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "browser: drives the real app in headless Chromium (runs by default)")
 
 
 @pytest.fixture(autouse=True)
@@ -52,3 +53,25 @@ def shared_fer() -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_threads() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+TINY_MODELS = {  # random-weight stand-ins for trained models: the app's plumbing, not accuracy
+    "vit_custom": dict(input_size=32, patch_size=8, dim=32, depth=2, heads=2),
+    "efficientnet_lite0": dict(input_size=64),
+}
+
+
+def save_tiny_run(run_dir: Path, model: str = "vit_custom", labels: tuple[str, ...] = ("angry", "happy", "sad"),
+                  val_accuracy: float | None = 0.5, seed: int = 0) -> Path:
+    """A finished run folder of a tiny random model (``val_accuracy`` goes into metrics.json)."""
+    import torch
+
+    from emotion.models import create_model
+    from emotion.runs import save_model, write_json
+
+    torch.manual_seed(seed)
+    built = create_model(model, len(labels), pretrained=False, **TINY_MODELS[model])
+    save_model(run_dir, built.module, built.config, list(labels), built.weights)
+    if val_accuracy is not None:
+        write_json(Path(run_dir) / "metrics.json", {"val": {"accuracy": val_accuracy}})
+    return Path(run_dir)

