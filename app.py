@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from emotion import jobs, paths
+from emotion import paths
 from emotion.runs import list_runs
 from ui.charts import counts_figure
+from ui.models import model_status
 from ui.state import active_spec, dataset_sidebar
 
 st.set_page_config(page_title="Emotion Studio", page_icon="🙂", layout="wide")
@@ -17,14 +18,20 @@ st.set_page_config(page_title="Emotion Studio", page_icon="🙂", layout="wide")
 HERE = Path(__file__).resolve().parent
 # page file -> (label, icon, what it is for); pages that are not there yet are skipped
 PAGES = {
-    "pages/1_EDA.py": ("EDA", "🔎", "class balance, sample faces, mean faces, sizes, and the data audit "
+    "pages/1_EDA.py": ("EDA", ":material/query_stats:",
+                       "class balance, sample faces, mean faces, sizes, and the data audit "
                        "(corrupt, blank, duplicate and leaked images; exclude them from training)"),
-    "pages/2_Train.py": ("Train", "🏋️", "train any registered model in the background, with live curves, "
-                         "stop/resume and a queue"),
-    "pages/3_Benchmark.py": ("Benchmark", "📊", "compare runs: table, confusion matrices, recall, "
-                             "calibration, ensembles, CSV"),
-    "pages/4_Predict.py": ("Predict", "🙂", "upload photos or use the webcam: faces found and classified"),
-    "pages/5_Explain.py": ("Explain", "🧠", "why the model decided: Grad-CAM, attention and feature maps"),
+    "pages/2_Train.py": ("Train", ":material/model_training:",
+                         "train any registered model in the background, with live curves, stop/resume "
+                         "and a queue"),
+    "pages/3_Benchmark.py": ("Benchmark", ":material/leaderboard:",
+                             "compare runs: table, confusion matrices, recall, calibration, ensembles, CSV"),
+    "pages/4_Predict.py": ("Predict", ":material/mood:",
+                           "upload photos or use the webcam (snapshots or live video): every face found and "
+                           "classified"),
+    "pages/5_Explain.py": ("Explain", ":material/psychology:",
+                           "why the model decided: Grad-CAM family, attention rollout, feature maps, and "
+                           "a ROAD score to compare them"),
 }
 
 st.title("Emotion Studio")
@@ -55,36 +62,7 @@ else:
 # ----------------------------------------------------------------------------- model
 st.subheader("Model")
 runs = list_runs()
-ready = [r for r in runs if r["ready"]]
-default_dir = paths.default_model_dir()
-queue = jobs.JobQueue()
-quick_jobs = [j for j in queue.jobs() if j.name.startswith("quick-")]
-quick = [j for j in quick_jobs if j.active]
-if (default_dir / "config.json").exists():
-    st.success(f"The shipped model in `{default_dir}` is ready: Predict and Explain use it unless you pick "
-               "a run.")
-elif ready:
-    st.success(f"{len(ready)} trained run(s) ready in `{paths.runs_dir()}`: Predict and Explain can use "
-               "them.")
-elif quick:
-    progress = quick[0].progress()
-    st.info(f"A quick model is training ({quick[0].state}): step {progress['step']}/"
-            f"{progress['max_steps'] or '?'}. Follow it on the Train page.")
-else:
-    st.warning("No model yet: no shipped model in `checkpoints/default` and no trained run.")
-    if quick_jobs and quick_jobs[-1].state == jobs.FAILED:
-        st.error(f"The last quick run failed: {quick_jobs[-1].error} (its log is on the Train page)")
-    if dataset is not None:
-        st.markdown(f"One click trains a small EfficientNet-Lite0 ({jobs.QUICK_IMAGE_SIZE} px, ImageNet "
-                    f"weights that ship with the package, ≤ {jobs.QUICK_EPOCHS} epochs) on **`{spec}`** "
-                    "in the background; on the synthetic set that takes a few minutes on a CPU.")
-        if st.button("Train a quick model", type="primary", key="home_quick"):
-            try:
-                job = queue.submit(jobs.quick_train_config(spec, classes, len(dataset.train)))
-            except (ValueError, OSError) as exc:
-                st.error(str(exc))
-            else:
-                st.success(f"Queued **{job.name}**; follow it on the Train page.")
+model_status(dataset, spec, classes, key="home_quick")
 
 # ----------------------------------------------------------------------------- runs
 st.subheader("Runs")

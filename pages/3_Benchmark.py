@@ -25,7 +25,7 @@ RUNS_DIR = paths.runs_dir()
 runs = list_runs(RUNS_DIR)
 if not runs:
     st.info(f"No runs in `{RUNS_DIR}` yet: train one first.")
-    st.page_link("pages/2_Train.py", label="Train a model", icon="🏋️")
+    st.page_link("pages/2_Train.py", label="Train a model", icon=":material/model_training:")
     st.stop()
 
 # ----------------------------------------------------------------------------- table

@@ -61,8 +61,9 @@ TINY_MODELS = {  # random-weight stand-ins for trained models: the app's plumbin
 }
 
 
-def save_tiny_run(run_dir: Path, model: str = "vit_custom", labels: tuple[str, ...] = ("angry", "happy", "sad"),
-                  val_accuracy: float | None = 0.5, seed: int = 0) -> Path:
+def save_tiny_run(run_dir: Path, model: str = "vit_custom",
+                  labels: tuple[str, ...] = ("angry", "happy", "sad"), val_accuracy: float | None = 0.5,
+                  seed: int = 0) -> Path:
     """A finished run folder of a tiny random model (``val_accuracy`` goes into metrics.json)."""
     import torch
 

@@ -322,7 +322,7 @@ def test_predict_page_run_choice_and_webcam_modes(tiny_model: Path) -> None:
     picker = at.selectbox(key="predict_run")
     assert picker.options[0].startswith("automatic") and len(picker.options) == 3
     assert "tiny-vit" in _texts(at)  # automatic: the better validation accuracy
-    picker.select_index(picker.options.index(next(o for o in picker.options if o.startswith("tiny-lite")))).run()
+    picker.select_index(next(i for i, o in enumerate(picker.options) if o.startswith("tiny-lite"))).run()
     assert not at.exception, at.exception
     assert any("**tiny-lite**" in c.value and "chosen above" in c.value for c in at.caption)
 
@@ -398,7 +398,8 @@ def test_explain_page_on_a_dataset_sample_of_a_vit(tiny_model: Path) -> None:
     assert at.radio(key="explain_source").value == "Dataset sample"
     assert at.toggle(key="explain_detect_Dataset sample").value is False  # dataset images are face crops
     heads = [s.value for s in at.subheader]
-    assert heads[0].startswith("Grad-CAM for") and any("attention rollout beside Grad-CAM" in h for h in heads)
+    assert heads[0].startswith("Grad-CAM for")
+    assert any("attention rollout beside Grad-CAM" in h for h in heads)
     assert {"Predicted", "ROAD score"} <= {m.label for m in at.metric}
     assert len(at.get("image")) == 5  # view, overlay, rollout, Grad-CAM, patch grid
     assert "4×4 patches of 8 px" in " ".join(i.proto.imgs[0].caption for i in at.get("image"))

@@ -1,0 +1,151 @@
+"""Which model answers: the model status with the one-click quick run, and the run picker.
+
+Home, Predict and Explain share these so the "no model yet" flow (one click queues
+a quick EfficientNet-Lite0 run on the active dataset through ``emotion.jobs``)
+exists once.  Predictors come from ``emotion.inference.get_predictor``, which
+keeps one shared, read-only predictor per run folder and weights file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import streamlit as st
+
+from emotion import jobs, paths
+from emotion.data.sources import DatasetSplits
+from emotion.inference import Predictor, RunChoice, get_predictor, resolve_run
+from emotion.runs import RunError, describe_run, list_runs
+
+AUTO = "automatic"
+
+
+def shipped_model_ready() -> bool:
+    """Whether the shipped model (``checkpoints/default`` or ``$EMOTION_DEFAULT_MODEL_DIR``) is complete."""
+    info = describe_run(paths.default_model_dir()) if paths.default_model_dir().is_dir() else None
+    return bool(info and info["ready"] and info["state"] == "completed")
+
+
+def ready_runs() -> list[dict]:
+    """Finished runs that can predict (newest first)."""
+    return [r for r in list_runs() if r["ready"] and r["state"] == "completed"]
+
+
+def queue_quick_model(spec: str, classes: Optional[str], dataset: DatasetSplits) -> Optional[jobs.Job]:
+    """Queue the quick EfficientNet-Lite0 run on the active dataset; shows the outcome."""
+    try:
+        job = jobs.JobQueue().submit(jobs.quick_train_config(spec, classes, len(dataset.train)))
+    except (ValueError, OSError) as exc:
+        st.error(str(exc))
+        return None
+    st.success(f"Queued **{job.name}**; follow it on the Train page.")
+    return job
+
+
+def model_status(dataset: Optional[DatasetSplits], spec: str, classes: Optional[str], key: str) -> bool:
+    """Say which model Predict and Explain will use, or how to get one in one click.
+
+    Returns True when a model is ready.  Without one: the state of a quick run in
+    progress, or the last one's error, and the **Train a quick model** button
+    (``key`` keeps the button unique per page).
+    """
+    runs = [r for r in list_runs() if r["ready"]]
+    default_dir = paths.default_model_dir()
+    quick_jobs = [j for j in jobs.JobQueue().jobs() if j.name.startswith("quick-")]
+    quick = [j for j in quick_jobs if j.active]
+    if shipped_model_ready():
+        st.success(f"The shipped model in `{default_dir}` is ready: Predict and Explain use it unless you "
+                   "pick a run.")
+        return True
+    if runs:
+        st.success(f"{len(runs)} trained run(s) ready in `{paths.runs_dir()}`: Predict and Explain can use "
+                   "them.")
+        return True
+    if quick:
+        progress = quick[0].progress()
+        st.info(f"A quick model is training ({quick[0].state}): step {progress['step']}/"
+                f"{progress['max_steps'] or '?'}. Follow it on the Train page; this page uses it as soon "
+                "as it finishes.")
+        return False
+    st.warning(f"No model yet: no shipped model in `{default_dir}` and no trained run in "
+               f"`{paths.runs_dir()}`.")
+    if quick_jobs and quick_jobs[-1].state == jobs.FAILED:
+        st.error(f"The last quick run failed: {quick_jobs[-1].error} (its log is on the Train page)")
+    if dataset is None:
+        st.info("Choose a dataset in the sidebar (e.g. `synthetic`) to train a quick model on it.")
+        return False
+    st.markdown(f"One click trains a small EfficientNet-Lite0 ({jobs.QUICK_IMAGE_SIZE} px, ImageNet "
+                f"weights that ship with the package, ≤ {jobs.QUICK_EPOCHS} epochs) on **`{spec}`** "
+                "in the background; on the synthetic set that takes a few minutes on a CPU.")
+    if st.button("Train a quick model", type="primary", key=key):
+        queue_quick_model(spec, classes, dataset)
+    return False
+
+
+def run_picker(key: str) -> Optional[RunChoice]:
+    """A select box of runs (default: the shipped model or the best run); says which one answers.
+
+    Returns None (after saying why) when there is no model at all.
+    """
+    runs = ready_runs()
+    names = [AUTO] + [r["name"] for r in runs]
+    by_name = {r["name"]: r for r in runs}
+    shipped = shipped_model_ready()
+
+    def label(name: str) -> str:
+        if name != AUTO:
+            r = by_name[name]
+            return f"{name} · {r['model']} {r['input_size'] or ''}px"
+        return (f"automatic: the shipped model ({paths.default_model_dir()})" if shipped
+                else "automatic: the run with the best validation accuracy")
+
+    if st.session_state.get(key) not in names:
+        st.session_state.pop(key, None)
+    name = st.selectbox("Model run", names, format_func=label, key=key,
+                        help="Which trained model answers. Automatic: the shipped model in "
+                             "checkpoints/default, else the finished run with the best validation accuracy.")
+    try:
+        return resolve_run(None if name == AUTO else by_name[name]["path"])
+    except RunError as exc:
+        if name != AUTO:
+            st.error(str(exc))
+            return None
+        if runs:  # finished runs, but none records a validation accuracy (e.g. copied model folders)
+            return RunChoice(Path(runs[0]["path"]), "the newest finished run (none records a validation "
+                                                    "accuracy to rank them)")
+        return None
+
+
+def describe_choice(choice: RunChoice, predictor: Predictor) -> str:
+    """One line saying which model answers and why."""
+    why = {"given": "chosen above", "default": "the shipped model"}.get(choice.reason, choice.reason)
+    cfg = predictor.model_config
+    grey = " · faces greyed as in its training data" if getattr(predictor, "grayscale", False) else ""
+    return (f"Model: **{Path(choice.path).name}** (`{choice.path}`) · {cfg.name} at {cfg.input_size} px · "
+            f"classes {', '.join(predictor.labels)}{grey} · {why}")
+
+
+def load_predictor(choice: RunChoice) -> Optional[Predictor]:
+    """The shared predictor of a run (loaded once per run and weights version); errors are shown."""
+    try:
+        with st.spinner(f"Loading {Path(choice.path).name}…"):
+            predictor = get_predictor(choice.path)
+    except Exception as exc:  # noqa: BLE001 - a damaged run folder explains itself
+        st.error(f"Cannot load `{choice.path}`: {exc}")
+        return None
+    return predictor
+
+
+def pick_model(dataset: Optional[DatasetSplits], spec: str, classes: Optional[str], key: str
+               ) -> Optional[Predictor]:
+    """Run picker plus loading; without any model, the quick-model flow.  None: nothing to use yet."""
+    choice = run_picker(key)
+    if choice is None:
+        if not ready_runs() and not shipped_model_ready():
+            model_status(dataset, spec, classes, key=f"{key}_quick")
+        return None
+    predictor = load_predictor(choice)
+    if predictor is not None:
+        st.caption(describe_choice(choice, predictor))
+    return predictor
