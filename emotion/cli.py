@@ -357,21 +357,31 @@ def _setup_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    """Predict image by image: a damaged file is reported on its own line and the rest still run."""
     import json
 
-    from emotion.images import load_image
+    from emotion.images import ImageLoadError, load_image
 
     annotate = _check_output_image(args.annotate, "--annotate") if args.annotate else None
     config = _predictor_config(args)
-    images = [load_image(path) for path in args.images]  # unreadable files fail before the model loads
+    first = load_image(args.images[0]) if len(args.images) == 1 else None  # fail before the model loads
     from emotion.inference import Predictor
 
     predictor = Predictor.from_run(args.run, config)
     about = predictor.describe()
-    for i, (path, img) in enumerate(zip(args.images, images), start=1):
+    failed = 0
+    for i, path in enumerate(args.images, start=1):
+        try:
+            img = first if first is not None else load_image(path)
+        except ImageLoadError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            if args.json:
+                print(json.dumps({"image": str(path), "error": str(exc), "faces": []}), flush=True)
+            continue
         result = predictor.predict(img)
         if annotate is not None:
-            out = annotate if len(images) == 1 else annotate.with_name(
+            out = annotate if len(args.images) == 1 else annotate.with_name(
                 f"{annotate.stem}-{i}{annotate.suffix}")
             out.parent.mkdir(parents=True, exist_ok=True)
             predictor.annotate(img, result).save(out)
@@ -388,6 +398,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                   f"{face.label} {face.confidence:.0%}  [{others}]")
     if not args.json:
         print(f"model: {about['model']} from {about.get('run')} ({about.get('run_reason')})")
+    if failed:
+        logger.warning("%d of %d images could not be read", failed, len(args.images))
+        return 2
     return 0
 
 

@@ -122,6 +122,8 @@ def load_image(source: ImageInput) -> Image.Image:
         fp: Union[io.BytesIO, Path] = io.BytesIO(bytes(source))
     elif isinstance(source, (str, Path)):
         fp = Path(source)
+        if fp.is_dir():
+            raise ImageLoadError(f"{fp}: is a folder, not an image file")
         if not fp.is_file():
             raise ImageLoadError(f"{fp}: no such file")
         if fp.stat().st_size == 0:
@@ -130,6 +132,7 @@ def load_image(source: ImageInput) -> Image.Image:
         raise ImageLoadError(f"cannot read an image from {type(source).__name__}")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # damaged metadata: the pixels decide
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fp) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
@@ -148,6 +151,8 @@ def load_image(source: ImageInput) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning, EOFError) as exc:
         raise ImageLoadError(f"{_describe(source)}: unreadable image ({exc})") from None
+    except Exception as exc:  # a decoder plugin failing in its own way on a damaged file
+        raise ImageLoadError(f"{_describe(source)}: unreadable image ({type(exc).__name__}: {exc})") from None
 
 
 def load_image_array(source: ImageInput) -> np.ndarray:

@@ -25,6 +25,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -409,8 +410,9 @@ class Predictor:
                 "grayscale": self.grayscale, "detector": self.config.detector.to_dict()}
 
 
-_PREDICTORS: dict[str, Predictor] = {}
+_PREDICTORS: "OrderedDict[str, Predictor]" = OrderedDict()
 _PREDICTORS_LOCK = threading.Lock()
+MAX_SHARED_PREDICTORS = 6  # a long-running app sees many runs and retrains: keep the newest few
 
 
 def get_predictor(run: Union[str, Path, None] = None, config: Optional[PredictorConfig] = None) -> Predictor:
@@ -425,6 +427,9 @@ def get_predictor(run: Union[str, Path, None] = None, config: Optional[Predictor
         if pred is None:
             pred = _PREDICTORS[key] = Predictor.from_run(choice.path, config)
             pred.run = choice
+            while len(_PREDICTORS) > MAX_SHARED_PREDICTORS:  # callers still holding one keep it alive
+                _PREDICTORS.popitem(last=False)
+        _PREDICTORS.move_to_end(key)
         return pred
 
 

@@ -113,8 +113,31 @@ class LoadedRun:
     path: Path
 
 
-def load_run(run_dir: Union[str, Path]) -> LoadedRun:
-    """Rebuild the model saved in ``run_dir`` (eval mode, on CPU)."""
+def _check_spec(spec: Any, labels: Any, run_dir: Path) -> None:
+    """Refuse a config/labels pair that cannot describe a model, naming the file to fix."""
+    config_path, labels_path = run_dir / CONFIG_FILE, run_dir / LABELS_FILE
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), str):
+        raise RunError(f"{config_path} does not name a model (expected an object with a \"model\" key)")
+    if (not isinstance(labels, list) or len(labels) < 2
+            or not all(isinstance(x, str) and x.strip() for x in labels)):
+        raise RunError(f"{labels_path} must be a list of at least two class names, got {labels!r}")
+    if len(set(labels)) != len(labels):
+        raise RunError(f"{labels_path} repeats a class name: {labels}")
+    declared = spec.get("num_classes")
+    if declared is not None and declared != len(labels):
+        raise RunError(f"{config_path} says num_classes {declared} but {labels_path} lists "
+                       f"{len(labels)} classes ({', '.join(labels)}); restore the run's own labels.json")
+    if spec["model"] != "ensemble" and not isinstance(spec.get("input_size"), int):
+        raise RunError(f"{config_path} has no integer input_size")
+
+
+def load_run(run_dir: Union[str, Path], _ensemble_depth: int = 0) -> LoadedRun:
+    """Rebuild the model saved in ``run_dir`` (eval mode, on CPU).
+
+    Raises :class:`RunError` naming the damaged file: missing or invalid JSON,
+    labels that do not fit the config, truncated or mismatched weights.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     run_dir = Path(run_dir)
@@ -122,25 +145,37 @@ def load_run(run_dir: Union[str, Path]) -> LoadedRun:
         raise RunError(f"run folder {run_dir} does not exist")
     spec = read_json(run_dir / CONFIG_FILE)
     labels = read_json(run_dir / LABELS_FILE)
-    if spec.get("model") == "ensemble":
+    _check_spec(spec, labels, run_dir)
+    if spec["model"] == "ensemble":
         from emotion.models.ensemble import build_ensemble
 
-        members = [Path(m) if Path(m).is_absolute() else run_dir / m for m in spec["members"]]
-        module, config, member_labels = build_ensemble(members, spec.get("weights"))
+        if _ensemble_depth >= 4:
+            raise RunError(f"{run_dir}: ensembles nest more than 4 deep; does one list itself as a member?")
+        members = spec.get("members")
+        if not isinstance(members, list) or not members:
+            raise RunError(f"{run_dir / CONFIG_FILE} lists no ensemble members")
+        members = [Path(m) if Path(m).is_absolute() else run_dir / m for m in members]
+        module, config, member_labels = build_ensemble(members, spec.get("weights"),
+                                                       _depth=_ensemble_depth + 1)
         if member_labels != labels:
             raise RunError(f"{run_dir} labels {labels} differ from its members' {member_labels}")
         return LoadedRun(module, config, list(labels), spec, run_dir)
     weights = run_dir / WEIGHTS_FILE
     if not weights.exists():
         raise RunError(f"{weights} is missing: the run did not finish or was moved")
-    options = dict(spec.get("build_options", {}))
+    options = dict(spec.get("build_options") or {})
     if spec["model"] == "hf_vit":
         options["labels"] = labels
     built = create_model(spec["model"], len(labels), pretrained=False, input_size=spec["input_size"], **options)
     try:
         load_model(built.module, str(weights), device="cpu")
-    except Exception as exc:
-        raise RunError(f"{weights} does not match the architecture in {run_dir / CONFIG_FILE}: {exc}") from None
+    except SafetensorError as exc:
+        raise RunError(f"{weights} is damaged or truncated ({exc}); copy it again or retrain") from None
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")
+        raise RunError(f"{weights} does not fit the {spec['model']} with {len(labels)} classes that "
+                       f"{run_dir / CONFIG_FILE} and {LABELS_FILE} describe: {detail}") from None
     built.module.eval()
     logger.info("loaded %s (%s, input %d, started from %s)", run_dir, spec["model"], built.config.input_size,
                 spec.get("weights_source", "unknown weights"))

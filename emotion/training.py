@@ -339,6 +339,9 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
         logger.info("resuming from %s", last)
     splits = load_dataset_spec(config.data, classes=config.classes or None, seed=config.seed)
     labels = list(splits.classes)
+    if len(labels) < 2:
+        raise DatasetError(f"{config.data} has {len(labels)} class ({', '.join(labels) or 'none'}); a classifier "
+                          f"needs at least two class folders (e.g. train/happy and train/sad)")
     pretrained: Any = False if config.from_scratch else (True if config.pretrained == "auto" else config.pretrained)
     extra_kw = {"labels": labels} if config.model == "hf_vit" else {}
     built = create_model(config.model, len(labels), pretrained=pretrained,

@@ -100,6 +100,33 @@ def test_missing_file_and_bad_types(tmp_path: Path) -> None:
         load_image(np.zeros((4, 4, 2), dtype=np.uint8))
     with pytest.raises(ImageLoadError):
         load_image(12345)  # type: ignore[arg-type]
+    with pytest.raises(ImageLoadError, match="is a folder, not an image file"):
+        load_image(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "ICO"])
+def test_damaged_files_only_ever_raise_image_load_error(fmt: str) -> None:
+    """Random byte flips and cuts: every failure is an ImageLoadError, and no warning leaks out."""
+    import io
+    import random
+    import warnings
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(buf, fmt)
+    data, rng, failures = buf.getvalue(), random.Random(fmt), 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(150):
+            damaged = bytearray(data)
+            for _ in range(rng.randint(1, 20)):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+            if rng.random() < 0.3:
+                damaged = damaged[: rng.randrange(1, len(damaged))]
+            try:
+                assert load_image(bytes(damaged)).mode == "RGB"
+            except ImageLoadError:
+                failures += 1
+    assert failures > 0  # the damage was real for at least some files
 
 
 def test_is_image_file() -> None:

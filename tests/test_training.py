@@ -102,6 +102,19 @@ def test_config_validation(kwargs: dict, match: str) -> None:
         TrainConfig(**kwargs)
 
 
+def test_a_dataset_with_one_class_is_refused_before_training(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    for i in range(4):
+        (tmp_path / "data" / "happy").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (i * 40, 90, 90)).save(tmp_path / "data" / "happy" / f"{i}.png")
+    assert cli_main(["train", "--data", str(tmp_path / "data"), "--classes", "", "--model", "vit_custom",
+                     "--from-scratch", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "1 class (happy)" in err[-1] and "at least two" in err[-1]
+
+
 def test_cli_bad_option_is_one_line_error(capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["train", "--model", "vit_custom", "--batch-size", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

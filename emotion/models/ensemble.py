@@ -61,11 +61,14 @@ def ensemble_config(configs: Sequence[ModelConfig]) -> ModelConfig:
     )
 
 
-def build_ensemble(run_dirs: Sequence[Union[str, Path]], weights: Optional[Sequence[float]] = None):
+def build_ensemble(run_dirs: Sequence[Union[str, Path]], weights: Optional[Sequence[float]] = None,
+                   _depth: int = 0):
     """Load member runs and combine them; returns (module, config, labels)."""
     from emotion.runs import load_run
 
-    loaded = [load_run(d) for d in run_dirs]
+    if len(run_dirs) < 2:
+        raise ModelError(f"an ensemble needs at least 2 runs, got {len(run_dirs)}")
+    loaded = [load_run(d, _ensemble_depth=_depth) for d in run_dirs]
     labels = loaded[0].labels
     for run in loaded[1:]:
         if run.labels != labels:

@@ -132,6 +132,16 @@ def efficientnet_lite2(num_classes: int, pretrained: Pretrained, config: ModelCo
 
 # ----------------------------------------------------------------------------- ViT from scratch
 
+def vit_patch_for(image_size: int, tokens_per_side: int = 8) -> int:
+    """The patch side (made of factors 2 and 3, for the conv stem) dividing ``image_size`` whose grid
+    is closest to ``tokens_per_side`` (48 px -> 6, 32 -> 4, 64 -> 8, 96 -> 12); 6 if none divides,
+    so ViTConfig then names sizes that work."""
+    candidates = [p for p in (2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 32) if image_size % p == 0]
+    if not candidates:
+        return 6
+    return min(candidates, key=lambda p: (abs(image_size / p - tokens_per_side), p))
+
+
 @register_model(ModelConfig(
     name="vit_custom", family="vit", input_size=48, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
     weight_sources=("none: always trained from scratch (or a local run)",),
@@ -143,7 +153,12 @@ def vit_custom(num_classes: int, pretrained: Pretrained, config: ModelConfig, **
     if kw:
         raise ModelError(f"vit_custom got unknown options {sorted(kw)}; valid: "
                          f"{sorted(ViTConfig.__dataclass_fields__)}")
-    vit_cfg = ViTConfig(image_size=config.input_size, **{k: v for k, v in vit_kw.items() if k != "image_size"})
+    vit_kw.pop("image_size", None)
+    vit_kw.setdefault("patch_size", vit_patch_for(config.input_size))
+    try:
+        vit_cfg = ViTConfig(image_size=config.input_size, **vit_kw)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"vit_custom: {exc}") from None
     model = VisionTransformer(vit_cfg, num_classes)
     config = ModelConfig(**{**config.to_dict(), "extra": {**config.extra, "vit": vit_cfg.to_dict()}})
     if _is_local(pretrained):

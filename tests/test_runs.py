@@ -1,0 +1,101 @@
+"""Damaged run folders: every way a copy can go wrong ends in a RunError naming the file to fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from emotion.models import create_model
+from emotion.runs import RunError, load_run, read_json, save_ensemble, save_model, write_json
+
+LABELS = ["angry", "happy", "sad"]
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    built = create_model("vit_custom", 3, pretrained=False, input_size=32, patch_size=8, dim=32, depth=1, heads=2)
+    return save_model(tmp_path_factory.mktemp("runs") / "good", built.module, built.config, LABELS, built.weights)
+
+
+def _copy(good_run: Path, tmp_path: Path, name: str = "copy") -> Path:
+    return Path(shutil.copytree(good_run, tmp_path / name))
+
+
+def test_good_run_loads(good_run: Path) -> None:
+    run = load_run(good_run)
+    assert run.labels == LABELS and not run.module.training
+    assert run.module(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_truncated_weights_say_damaged(good_run: Path, tmp_path: Path) -> None:
+    run = _copy(good_run, tmp_path)
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(RunError, match=r"model\.safetensors is damaged or truncated"):
+        load_run(run)
+
+
+@pytest.mark.parametrize("labels, match", [
+    (["angry", "happy"], r"num_classes 3 but .*labels\.json lists 2 classes"),
+    (["angry", "angry", "sad"], "repeats a class name"),
+    (["angry"], "at least two class names"),
+    ({"0": "angry"}, "at least two class names"),
+    (["angry", "", "sad"], "at least two class names"),
+])
+def test_labels_that_do_not_fit_the_config(good_run: Path, tmp_path: Path, labels, match: str) -> None:
+    run = _copy(good_run, tmp_path)
+    write_json(run / "labels.json", labels)
+    with pytest.raises(RunError, match=match):
+        load_run(run)
+
+
+def test_weights_of_another_head_size_name_both_files(good_run: Path, tmp_path: Path) -> None:
+    run = _copy(good_run, tmp_path)
+    spec = read_json(run / "config.json")
+    del spec["num_classes"]  # older runs: only the weights can disagree
+    write_json(run / "config.json", spec)
+    write_json(run / "labels.json", ["angry", "happy"])
+    with pytest.raises(RunError, match=r"does not fit the vit_custom with 2 classes") as info:
+        load_run(run)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ([], "does not name a model"),
+    ({"num_classes": 3}, "does not name a model"),
+    ({"model": "vit_custom", "num_classes": 3, "input_size": "32"}, "no integer input_size"),
+    ({"model": "ensemble", "num_classes": 3, "members": []}, "lists no ensemble members"),
+])
+def test_configs_that_describe_no_model(good_run: Path, tmp_path: Path, spec, match: str) -> None:
+    run = _copy(good_run, tmp_path)
+    (run / "config.json").write_text(json.dumps(spec))
+    with pytest.raises(RunError, match=match):
+        load_run(run)
+
+
+def test_invalid_json_and_missing_files(good_run: Path, tmp_path: Path) -> None:
+    run = _copy(good_run, tmp_path)
+    (run / "config.json").write_text('{"model": ')
+    with pytest.raises(RunError, match=r"config\.json is not valid JSON"):
+        load_run(run)
+    run = _copy(good_run, tmp_path, "no-weights")
+    (run / "model.safetensors").unlink()
+    with pytest.raises(RunError, match="is missing: the run did not finish"):
+        load_run(run)
+    with pytest.raises(RunError, match="does not exist"):
+        load_run(tmp_path / "nowhere")
+
+
+def test_an_ensemble_that_contains_itself_is_refused(good_run: Path, tmp_path: Path) -> None:
+    ens = save_ensemble(tmp_path / "ens", [good_run, good_run])
+    assert load_run(ens).labels == LABELS
+    spec = read_json(ens / "config.json")
+    spec["members"] = [".", "."]  # a hand-edited config that points at itself
+    write_json(ens / "config.json", spec)
+    with pytest.raises(RunError, match="nest more than 4 deep"):
+        load_run(ens)
