@@ -314,6 +314,9 @@ def _add_face_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
                    help="convert faces to grayscale first (default: when the run was trained on grayscale "
                         "images, e.g. FER2013)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each face with its mirror image (default: when the run's config.json "
+                        "recommends it)")
     p.add_argument("--device", default="cpu", help="torch device for the classifier (default: %(default)s)")
 
 
@@ -327,7 +330,7 @@ def _predictor_config(args: argparse.Namespace):
                                   thresholds=thresholds,  # type: ignore[arg-type]
                                   min_score=args.min_score, max_side=args.max_side or None)
         return PredictorConfig(detector=detector, margin=args.margin, whole_image=args.whole_image,
-                               grayscale=args.grayscale, device=args.device,
+                               grayscale=args.grayscale, tta=args.tta, device=args.device,
                                max_faces=getattr(args, "max_faces", None))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

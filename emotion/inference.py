@@ -230,6 +230,9 @@ class PredictorConfig:
                 "(e.g. FER2013), as its config.json records"})
     max_faces: Optional[int] = field(default=None, metadata={
         "help": "classify at most this many faces (the largest); None: all"})
+    tta: Optional[bool] = field(default=None, metadata={
+        "help": "average each face's probabilities with its mirror image's (one batch, about 1.6x the "
+                "classifier time); None: when the run's config.json recommends it"})
     device: str = field(default="cpu", metadata={"help": "torch device for the classifier"})
     channels_last: bool = field(default=True, metadata={
         "help": "channels-last memory format for CNNs (faster on CPU)"})
@@ -275,7 +278,8 @@ class Predictor:
 
     def __init__(self, module: nn.Module, model_config: ModelConfig, labels: Sequence[str],
                  config: Optional[PredictorConfig] = None, run: Optional[RunChoice] = None,
-                 run_margin: Optional[float] = None, run_grayscale: bool = False) -> None:
+                 run_margin: Optional[float] = None, run_grayscale: bool = False,
+                 run_tta: bool = False) -> None:
         self.config = config if config is not None else PredictorConfig()
         if not isinstance(self.config, PredictorConfig):
             raise ValueError(f"config must be a PredictorConfig, got {type(self.config).__name__}")
@@ -286,6 +290,7 @@ class Predictor:
                        else run_margin if run_margin is not None else DEFAULT_MARGIN)
         # a model that only ever saw grey faces does worse on colour ones: follow its training data
         self.grayscale = self.config.grayscale if self.config.grayscale is not None else run_grayscale
+        self.tta = self.config.tta if self.config.tta is not None else run_tta
         self.device = torch.device(self.config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ModelError(f"device={self.config.device!r} but CUDA is not available; use device='cpu'")
@@ -308,7 +313,8 @@ class Predictor:
             logger.info("using run %s (%s)", choice.path, choice.reason)
         margin = _run_margin(loaded.spec, loaded.path, loaded.config.input_size)
         grayscale = bool((loaded.spec.get("data") or {}).get("grayscale"))
-        return cls(loaded.module, loaded.config, loaded.labels, config, choice, margin, grayscale)
+        tta = bool((loaded.spec.get("inference") or {}).get("tta"))
+        return cls(loaded.module, loaded.config, loaded.labels, config, choice, margin, grayscale, tta)
 
     @property
     def input_size(self) -> int:
@@ -358,8 +364,11 @@ class Predictor:
         """``(n, classes)`` probabilities for face crops, in one forward pass."""
         if not crops:
             return np.zeros((0, len(self.labels)))
-        logits = logits_of(self.module(self.to_tensor(crops)))
-        return logits.float().softmax(-1).cpu().numpy().astype(np.float64)
+        x = self.to_tensor(crops)
+        if not self.tta:
+            return logits_of(self.module(x)).float().softmax(-1).cpu().numpy().astype(np.float64)
+        probs = logits_of(self.module(torch.cat([x, x.flip(-1)]))).float().softmax(-1)
+        return ((probs[: len(crops)] + probs[len(crops):]) / 2).cpu().numpy().astype(np.float64)
 
     # ---- whole pipeline
 
@@ -407,7 +416,7 @@ class Predictor:
         """What answers: run, model, labels and crop settings (for JSON output and the app)."""
         return {**(self.run.to_dict() if self.run else {}), "model": self.model_config.name,
                 "input_size": self.input_size, "labels": list(self.labels), "margin": self.margin,
-                "grayscale": self.grayscale, "detector": self.config.detector.to_dict()}
+                "grayscale": self.grayscale, "tta": self.tta, "detector": self.config.detector.to_dict()}
 
 
 _PREDICTORS: "OrderedDict[str, Predictor]" = OrderedDict()

@@ -41,9 +41,13 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically so a reader (the app) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or unserialisable data: keep the old file, leave no debris
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> Any:
@@ -73,8 +77,12 @@ def save_model(run_dir: Union[str, Path], module: nn.Module, config: ModelConfig
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / (WEIGHTS_FILE + ".tmp")
-    save_safetensors(module, str(tmp))
-    os.replace(tmp, run_dir / WEIGHTS_FILE)
+    try:
+        save_safetensors(module, str(tmp))
+        os.replace(tmp, run_dir / WEIGHTS_FILE)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     write_json(run_dir / LABELS_FILE, list(labels))
     spec = {
         "model": config.name,

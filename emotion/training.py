@@ -10,6 +10,7 @@ CPU speed settings, and a run folder the app can follow (``progress.jsonl``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -316,15 +317,51 @@ def train(config: TrainConfig, extra_callbacks: Optional[list] = None) -> dict[s
     """
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    if _is_main_process():
-        _write_status(run_dir, "running")
-    try:
-        return _train(config, run_dir, extra_callbacks or [])
-    except BaseException as exc:
+    with _exclusive_run_folder(run_dir):
         if _is_main_process():
-            state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            _write_status(run_dir, state, error=f"{type(exc).__name__}: {exc}")
-        raise
+            _write_status(run_dir, "running")
+        try:
+            return _train(config, run_dir, extra_callbacks or [])
+        except BaseException as exc:
+            if _is_main_process():
+                state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                _write_status(run_dir, state, error=f"{type(exc).__name__}: {exc}")
+            raise
+
+
+RUN_LOCK_FILE = ".train.lock"
+
+
+@contextlib.contextmanager
+def _exclusive_run_folder(run_dir: Path) -> Iterator[None]:
+    """One training process per run folder: a second one (another terminal, another browser tab)
+    is refused before it touches anything.  The OS releases the lock when the holder exits, even
+    after a crash, so no stale lock survives.  Under torchrun only rank 0 holds it."""
+    if not _is_main_process():
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; single use is the user's care
+        yield
+        return
+    with open(run_dir / RUN_LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise runs.RunError(f"{run_dir} is being trained by {holder} right now; wait for it to finish, "
+                               f"stop it, or train into another --output-dir") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[str, Any]:

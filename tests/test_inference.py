@@ -407,3 +407,19 @@ def test_shared_predictors_are_reused_and_bounded(tmp_path: Path, monkeypatch: p
     kept = [json.loads(k)[0] for k in inference._PREDICTORS]
     assert kept == [str(dirs[0].resolve()), str(dirs[2].resolve())]
     assert inference.get_predictor(dirs[0]) is first
+
+
+def test_flip_tta_averages_each_face_with_its_mirror(tmp_path: Path, astronaut: Image.Image) -> None:
+    run = _save_run(tmp_path / "tta", seed=3)
+    plain = Predictor.from_run(run)
+    crops = [plain.crop(astronaut, None), plain.crop(astronaut.rotate(20), None)]
+    mirrored = [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+    expected = (plain.classify(crops) + plain.classify(mirrored)) / 2
+    assert not np.allclose(plain.classify(crops), expected, atol=1e-4)  # the mirror really differs
+    with_tta = Predictor.from_run(run, PredictorConfig(tta=True))
+    assert np.allclose(with_tta.classify(crops), expected, atol=1e-5)
+    # a run whose config.json recommends TTA gets it unless told otherwise
+    spec = json.loads((run / "config.json").read_text())
+    write_json(run / "config.json", {**spec, "inference": {"tta": True}})
+    assert Predictor.from_run(run).tta is True and Predictor.from_run(run).describe()["tta"] is True
+    assert Predictor.from_run(run, PredictorConfig(tta=False)).tta is False

@@ -99,3 +99,19 @@ def test_an_ensemble_that_contains_itself_is_refused(good_run: Path, tmp_path: P
     write_json(ens / "config.json", spec)
     with pytest.raises(RunError, match="nest more than 4 deep"):
         load_run(ens)
+
+
+def test_a_failed_json_write_keeps_the_old_file_and_leaves_no_debris(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    write_json(target, {"accuracy": 0.5})
+    with pytest.raises(ValueError):
+        write_json(target, {"accuracy": _Unprintable()})
+    assert read_json(target) == {"accuracy": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+class _Unprintable:
+    """json.dump's default=str turns objects into strings; a str() that fails stands in for any write error."""
+
+    def __str__(self) -> str:
+        raise ValueError("cannot serialise")

@@ -172,3 +172,23 @@ def test_face_crop_step_is_recorded_in_the_run(tmp_path: Path) -> None:
     train(config)
     face = read_json(Path(config.output_dir) / "config.json")["data"]["face_crop"]
     assert face is not None and face["splits"]["train"]["total"] > 0
+
+
+def test_a_second_training_into_the_same_folder_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    from emotion.runs import RunError
+    from emotion.training import RUN_LOCK_FILE
+
+    config = _config(tmp_path)
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text('{"state": "running", "pid": 4242}')
+    with open(run_dir / RUN_LOCK_FILE, "a+") as held:  # what a training process elsewhere holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 4242")
+        held.flush()
+        with pytest.raises(RunError, match="being trained by pid 4242"):
+            train(config)
+    assert read_json(run_dir / "status.json") == {"state": "running", "pid": 4242}  # untouched
+    assert train(config)["epochs_completed"] > 0  # free again once the holder let go

@@ -122,8 +122,9 @@ def describe_choice(choice: RunChoice, predictor: Predictor) -> str:
     why = {"given": "chosen above", "default": "the shipped model"}.get(choice.reason, choice.reason)
     cfg = predictor.model_config
     grey = " · faces greyed as in its training data" if getattr(predictor, "grayscale", False) else ""
+    mirror = " · each face averaged with its mirror image" if getattr(predictor, "tta", False) else ""
     return (f"Model: **{Path(choice.path).name}** (`{choice.path}`) · {cfg.name} at {cfg.input_size} px · "
-            f"classes {', '.join(predictor.labels)}{grey} · {why}")
+            f"classes {', '.join(predictor.labels)}{grey}{mirror} · {why}")
 
 
 def load_predictor(choice: RunChoice) -> Optional[Predictor]:
