@@ -16,6 +16,12 @@ for model in "${models[@]}"; do
                             --warmup-ratio 0.1 --early-stopping-patience 4 ;;
     efficientnet_lite0_96) run efficientnet_lite0 --image-size 96 --epochs 15 --batch-size 64 --early-stopping-patience 4 \
                            --output-dir "$OUT/fer3-efficientnet_lite0-96" ;;
+    # Progressive resizing: the 96 px run above, fine-tuned at 128 px for 6 more epochs at a lower rate
+    # (same seed, so the same validation images stay out of training).
+    efficientnet_lite0_128ft) run efficientnet_lite0 --image-size 128 --epochs 6 --batch-size 64 \
+                           --learning-rate 2e-4 --warmup-ratio 0.05 --early-stopping-patience 3 \
+                           --pretrained "$OUT/fer3-efficientnet_lite0-96" \
+                           --output-dir "$OUT/fer3-efficientnet_lite0-128ft" ;;
     # No pretrained weights reach this offline machine for these three: short runs from scratch,
     # sized to the CPU time available (see docs/TRAINING.md).
     resnet34)           run resnet34 --from-scratch --image-size 48 --epochs 6 --batch-size 64 ;;
