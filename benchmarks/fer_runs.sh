@@ -22,6 +22,17 @@ for model in "${models[@]}"; do
                            --learning-rate 2e-4 --warmup-ratio 0.05 --early-stopping-patience 3 \
                            --pretrained "$OUT/fer3-efficientnet_lite0-96" \
                            --output-dir "$OUT/fer3-efficientnet_lite0-128ft" ;;
+    # Two stages: all seven FER classes first (28k images instead of 16k; the 3-class validation
+    # images are kept out, see fer3_val_exclusions.py), then angry/happy/sad with a fresh head.
+    efficientnet_lite0_fer7)
+                           python benchmarks/fer3_val_exclusions.py "$DATA" checkpoints/exclusions/fer3-val.json
+                           run efficientnet_lite0 --classes '' --image-size 96 --epochs 7 --batch-size 64 \
+                           --early-stopping-patience 3 --exclude-file checkpoints/exclusions/fer3-val.json \
+                           --output-dir "$OUT/fer7-efficientnet_lite0-96" ;;
+    efficientnet_lite0_7to3) run efficientnet_lite0 --image-size 96 --epochs 4 --batch-size 64 \
+                           --learning-rate 3e-4 --warmup-ratio 0.1 --early-stopping-patience 3 \
+                           --pretrained "$OUT/fer7-efficientnet_lite0-96" \
+                           --output-dir "$OUT/fer3-efficientnet_lite0-96-from-fer7" ;;
     # No pretrained weights reach this offline machine for these three: short runs from scratch,
     # sized to the CPU time available (see docs/TRAINING.md).
     resnet34)           run resnet34 --from-scratch --image-size 48 --epochs 6 --batch-size 64 ;;

@@ -1,0 +1,61 @@
+"""The helper scripts under benchmarks/ whose output the docs quote."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+from conftest import REPO_ROOT, make_class_folders
+from emotion.data.sources import load_dataset_spec, load_exclusions, validation_holdout
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_fer_baseline_scores_the_listed_classes_like_scikit_learn() -> None:
+    baseline = _script("fer_package_baseline")
+    rng = np.random.default_rng(0)
+    probs = rng.random((200, 7))  # fer's 7 outputs
+    y = rng.integers(0, 3, 200)
+    classes = ["angry", "happy", "sad"]
+    result = baseline.score(probs, y, classes)
+    pred = probs[:, [0, 3, 4]].argmax(1)  # angry, happy, sad in fer's order
+    assert result["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert result["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert list(result["recall"].values()) == pytest.approx(list(recall_score(y, pred, average=None)))
+    assert np.array(result["confusion_matrix"]).sum() == 200
+
+
+def test_fer_baseline_reads_grey_images_scaled_like_fer(tmp_path: Path) -> None:
+    baseline = _script("fer_package_baseline")
+    make_class_folders(tmp_path, {"happy": 2, "sad": 3})
+    x, y = baseline.load_split(tmp_path, ["happy", "sad"], size=64)
+    assert x.shape == (5, 64, 64, 1) and y.tolist() == [0, 0, 1, 1, 1]
+    assert -1.0 <= x.min() < 0 < x.max() <= 1.0
+    with pytest.raises(SystemExit, match="angry does not exist"):
+        baseline.load_split(tmp_path, ["angry"], size=64)
+
+
+def test_validation_exclusions_are_the_3_class_holdout(tmp_path: Path) -> None:
+    counts = {"angry": 10, "happy": 10, "sad": 10, "fear": 10}
+    data = make_class_folders(tmp_path / "data" / "train", counts)
+    make_class_folders(tmp_path / "data" / "test", {k: 2 for k in counts}, seed=1)
+    out = tmp_path / "excl.json"
+    assert _script("fer3_val_exclusions").main([str(data.parent), str(out)]) == 0
+    splits = load_dataset_spec(str(data.parent), classes="angry,happy,sad", seed=0)
+    _, val, _ = validation_holdout(splits, 0.1, 0)
+    assert set(load_exclusions(out)) == {str(s.path.resolve()) for s in val} and len(val) == 3
+    # the 7-class pre-training split then never holds them
+    every = load_dataset_spec(str(data.parent), classes=None, seed=0).exclude(load_exclusions(out), only=("train",))
+    kept = {str(s.path.resolve()) for s in every.splits["train"]}
+    assert kept.isdisjoint(load_exclusions(out)) and len(kept) == 37
+    assert json.loads(out.read_text())["reason"].startswith("angry,happy,sad validation images")
