@@ -25,9 +25,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -38,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from emotion.data.sources import DatasetSplits, Sample, default_cache_dir
+from emotion.fileio import atomic_write
 from emotion.images import ImageInput, ImageLoadError, file_digest, load_image
 
 logger = logging.getLogger(__name__)
@@ -675,20 +674,6 @@ class CropReport:
         }
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temp file in the same folder + ``os.replace`` (no half files, even with races)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; the cache may be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_json(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
@@ -732,7 +717,7 @@ def crop_dataset(
     det_root.mkdir(parents=True, exist_ok=True)
     config_file = crop_root / "config.json"
     if not config_file.exists():
-        _atomic_write(config_file, lambda p: p.write_text(json.dumps(config.to_dict(), indent=2)))
+        atomic_write(config_file, lambda p: p.write_text(json.dumps(config.to_dict(), indent=2)), mode=0o644)
 
     report = CropReport(config=config.to_dict(), cache_dir=str(crop_root))
     new_splits: dict[str, list[Sample]] = {}
@@ -805,7 +790,7 @@ def _crop_one(path: Path, split: str, label: str, config: CropConfig, crop_root:
             logger.warning("face detection failed on %s: %s", path, exc)
             return f"face detection failed: {exc}"
         payload = {"faces": [f.to_dict() for f in faces], "size": list(img.size)}
-        _atomic_write(det_file, lambda p: p.write_text(json.dumps(payload)))
+        atomic_write(det_file, lambda p: p.write_text(json.dumps(payload)), mode=0o644)
         # Crop from the stored (rounded) values so fresh and cached runs give identical crops.
         faces = [Face.from_dict(d) for d in payload["faces"]]
     else:
@@ -815,7 +800,7 @@ def _crop_one(path: Path, split: str, label: str, config: CropConfig, crop_root:
     if result.image is None:
         return "no face found (on_miss=skip)"
     crop = result.image
-    _atomic_write(crop_path, lambda p: crop.save(p, format="PNG"))
+    atomic_write(crop_path, lambda p: crop.save(p, format="PNG"), mode=0o644)  # the cache may be shared
     return crop_path, len(faces)
 
 

@@ -52,7 +52,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import typing
@@ -61,6 +60,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from emotion import paths
+from emotion.fileio import read_json_or_none, write_json
 
 try:  # POSIX
     import fcntl
@@ -257,26 +257,6 @@ def _last_error_line(text: str) -> Optional[str]:
 
 # ----------------------------------------------------------------------------- run-folder readers
 
-def _read_json(path: Path) -> Optional[Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def read_progress(run_dir: Union[str, Path]) -> list[dict]:
     """The records of ``<run>/progress.jsonl`` (a half-written last line is skipped)."""
     try:
@@ -367,7 +347,7 @@ class Job:
 
     def run_status(self) -> Optional[dict]:
         """The run's own ``status.json`` (written by training), or None."""
-        return _read_json(self.run_dir / STATUS_FILE)
+        return read_json_or_none(self.run_dir / STATUS_FILE)
 
     @classmethod
     def from_record(cls, r: dict) -> "Job":
@@ -414,13 +394,13 @@ class JobQueue:
                     self._local.depth = 0
                     self._local.doc = None
                 if json.dumps(doc, sort_keys=True, default=str) != before:
-                    _write_json(self.root / QUEUE_FILE, doc)
+                    write_json(self.root / QUEUE_FILE, doc)
             finally:
                 if fcntl is not None:
                     fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _load(self) -> dict:
-        doc = _read_json(self.root / QUEUE_FILE)
+        doc = read_json_or_none(self.root / QUEUE_FILE)
         if not isinstance(doc, dict) or not isinstance(doc.get("jobs"), list):
             if (self.root / QUEUE_FILE).exists():
                 broken = self.root / f"queue.broken-{int(time.time())}.json"
@@ -439,7 +419,7 @@ class JobQueue:
 
     @property
     def max_running(self) -> int:
-        doc = _read_json(self.root / QUEUE_FILE)
+        doc = read_json_or_none(self.root / QUEUE_FILE)
         return int(doc.get("max_running", 1)) if isinstance(doc, dict) else 1
 
     def set_max_running(self, n: int) -> None:
@@ -451,7 +431,7 @@ class JobQueue:
 
     def jobs(self) -> list[Job]:
         """Every job, in queue order (oldest first); call :meth:`refresh` first for up-to-date states."""
-        doc = _read_json(self.root / QUEUE_FILE)
+        doc = read_json_or_none(self.root / QUEUE_FILE)
         records = doc.get("jobs", []) if isinstance(doc, dict) else []
         return [Job.from_record(r) for r in sorted(records, key=lambda r: r.get("seq", 0))]
 
@@ -468,7 +448,7 @@ class JobQueue:
         run_dir = Path(config.output_dir).expanduser().resolve()
         config = dataclasses.replace(config, output_dir=str(run_dir))
         command = train_command(config)
-        status = _read_json(run_dir / STATUS_FILE)
+        status = read_json_or_none(run_dir / STATUS_FILE)
         if isinstance(status, dict) and status.get("state") == "completed":
             raise JobError(f"{run_dir} already holds a completed run: choose another run name")
         env = {k: v for k, v in os.environ.items() if k.startswith(KEPT_ENV_PREFIXES)}
@@ -524,7 +504,7 @@ class JobQueue:
     def _finish(self, r: dict, returncode: Optional[int]) -> None:
         """Record the outcome of job ``r`` whose processes have ended (lock held)."""
         run_dir = Path(r["run_dir"])
-        status = _read_json(run_dir / STATUS_FILE)
+        status = read_json_or_none(run_dir / STATUS_FILE)
         state = status.get("state") if isinstance(status, dict) else None
         r.update(ended=_now(), returncode=returncode)
         if r.get("stop_requested"):
@@ -648,13 +628,13 @@ class JobQueue:
 
 def _mark_run_stopped(run_dir: Path) -> None:
     """Overwrite a stale "running" status of a stopped run so every reader sees it stopped."""
-    previous = _read_json(run_dir / STATUS_FILE)
+    previous = read_json_or_none(run_dir / STATUS_FILE)
     record = {"state": "stopped", "time": datetime.now(timezone.utc).isoformat(),
               "note": "stopped from the job queue; resume continues from the last checkpoint"}
     if isinstance(previous, dict) and previous.get("pid"):
         record["pid"] = previous["pid"]
     with contextlib.suppress(OSError):
-        _write_json(run_dir / STATUS_FILE, record)
+        write_json(run_dir / STATUS_FILE, record)
 
 
 # ----------------------------------------------------------------------------- command line

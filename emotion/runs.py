@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -19,6 +18,7 @@ from typing import Any, Optional, Union
 from torch import nn
 
 from emotion import paths
+from emotion.fileio import atomic_write, read_json_or_none, write_json
 from emotion.models import ModelConfig, ModelError, create_model
 
 logger = logging.getLogger(__name__)
@@ -35,19 +35,6 @@ TRAIN_CONFIG_FILE = "train_config.json"
 
 class RunError(ModelError):
     """A run folder is missing, incomplete or damaged; the message says which file."""
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically so a reader (the app) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or unserialisable data: keep the old file, leave no debris
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path) -> Any:
@@ -76,13 +63,7 @@ def save_model(run_dir: Union[str, Path], module: nn.Module, config: ModelConfig
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (WEIGHTS_FILE + ".tmp")
-    try:
-        save_safetensors(module, str(tmp))
-        os.replace(tmp, run_dir / WEIGHTS_FILE)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_safetensors(module, str(tmp)))
     write_json(run_dir / LABELS_FILE, list(labels))
     spec = {
         "model": config.name,
@@ -190,13 +171,6 @@ def load_run(run_dir: Union[str, Path], _ensemble_depth: int = 0) -> LoadedRun:
     return LoadedRun(built.module, built.config, list(labels), spec, run_dir)
 
 
-def _json_or_none(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def describe_run(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
     """What a run folder holds, from its JSON files alone (no weights are loaded); None if it is no run.
 
@@ -206,20 +180,20 @@ def describe_run(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
     :func:`load_run` can rebuild the model.
     """
     run_dir = Path(run_dir)
-    status = _json_or_none(run_dir / STATUS_FILE)
-    spec = _json_or_none(run_dir / CONFIG_FILE)
-    train_config = _json_or_none(run_dir / TRAIN_CONFIG_FILE)
+    status = read_json_or_none(run_dir / STATUS_FILE)
+    spec = read_json_or_none(run_dir / CONFIG_FILE)
+    train_config = read_json_or_none(run_dir / TRAIN_CONFIG_FILE)
     if not any(isinstance(x, dict) for x in (status, spec, train_config)):
         return None
     status = status if isinstance(status, dict) else {}
     spec = spec if isinstance(spec, dict) else {}
-    metrics = _json_or_none(run_dir / METRICS_FILE)
-    labels = _json_or_none(run_dir / LABELS_FILE)
+    metrics = read_json_or_none(run_dir / METRICS_FILE)
+    labels = read_json_or_none(run_dir / LABELS_FILE)
     tc = spec.get("train_config") or (train_config if isinstance(train_config, dict) else {})
     is_ensemble = spec.get("model") == "ensemble"
     if is_ensemble and spec.get("members"):  # members share the data: describe it by the first one's
         first = Path(spec["members"][0])
-        member = _json_or_none((first if first.is_absolute() else run_dir / first) / CONFIG_FILE)
+        member = read_json_or_none((first if first.is_absolute() else run_dir / first) / CONFIG_FILE)
         tc = (member.get("train_config") or {}) if isinstance(member, dict) else {}
     ready = bool(spec) and isinstance(labels, list) and (is_ensemble or (run_dir / WEIGHTS_FILE).exists())
     state = status.get("state") or ("completed" if ready else "incomplete")

@@ -115,3 +115,19 @@ class _Unprintable:
 
     def __str__(self) -> str:
         raise ValueError("cannot serialise")
+
+
+def test_atomic_write_sets_the_mode_asked_for_and_cleans_up_after_a_failing_writer(tmp_path: Path) -> None:
+    from emotion.fileio import atomic_write
+
+    target = tmp_path / "crop.png"
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"new"), mode=0o644)
+    assert target.read_bytes() == b"new" and (target.stat().st_mode & 0o777) == 0o644
+
+    def fails(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fails)
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["crop.png"]

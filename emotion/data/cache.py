@@ -10,8 +10,6 @@ is a hit and an edited file is a miss.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
@@ -19,6 +17,7 @@ from typing import Callable, Iterable, Optional, Union
 import numpy as np
 from PIL import Image
 
+from emotion.fileio import atomic_write
 from emotion.images import ImageLoadError, file_digest, load_image
 
 logger = logging.getLogger(__name__)
@@ -101,12 +100,12 @@ class DecodedImageCache:
         return arr
 
     def _write_disk(self, target: Path, arr: np.ndarray) -> None:
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to a path
                 np.save(fh, arr, allow_pickle=False)
-            os.replace(tmp, target)  # atomic: readers never see half a file
+
+        try:
+            atomic_write(target, save)  # readers never see half a file
         except OSError as exc:
             logger.warning("could not write decoded-image cache %s (%s); continuing without it",
                            target, exc)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
+from emotion.fileio import write_json
 from emotion.images import is_image_file
 
 logger = logging.getLogger(__name__)
@@ -360,11 +361,7 @@ def load_dataset_spec(
 def save_exclusions(path: Union[str, Path], files: Iterable[Union[str, Path]], reason: str) -> Path:
     """Record files to leave out of training (used by the EDA page); never deletes them."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"reason": reason, "files": sorted({str(Path(f).resolve()) for f in files})}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_json(path, {"reason": reason, "files": sorted({str(Path(f).resolve()) for f in files})})
     return path
 
 
