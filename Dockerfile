@@ -31,10 +31,13 @@ ENV HOME=/home/user \
     EMOTION_CACHE_DIR=/home/user/.cache/emotion-studio \
     HF_HOME=/home/user/.cache/huggingface \
     MPLCONFIGDIR=/home/user/.cache/matplotlib \
-    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
+    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false \
+    EMOTION_DATA_ROOTS=/home/user/app/data
+# A Space is public: visitors may load datasets from /home/user/app/data only (plus 'synthetic' and
+# hf:<id>), not from any folder of the container (docs/RELIABILITY.md). Override with -e or a Space variable.
 WORKDIR /home/user/app
 COPY --chown=user . /home/user/app
-RUN mkdir -p checkpoints/runs "$EMOTION_CACHE_DIR"
+RUN mkdir -p checkpoints/runs data "$EMOTION_CACHE_DIR"
 
 EXPOSE 8501
 ENTRYPOINT ["tini", "--"]

@@ -16,6 +16,10 @@ for model in "${models[@]}"; do
                             --warmup-ratio 0.1 --early-stopping-patience 4 ;;
     efficientnet_lite0_96) run efficientnet_lite0 --image-size 96 --epochs 15 --batch-size 64 --early-stopping-patience 4 \
                            --output-dir "$OUT/fer3-efficientnet_lite0-96" ;;
+    # The 96 px recipe with augmentation aimed at photos: wider crops, blur/sharpen, occlusion.
+    efficientnet_lite0_96_aug) run efficientnet_lite0 --image-size 96 --epochs 15 --batch-size 64 \
+                           --early-stopping-patience 4 --crop-scale-min 0.6 --rotation-degrees 15 \
+                           --blur-sharpen 0.3 --erasing 0.25 --output-dir "$OUT/fer3-efficientnet_lite0-96-aug" ;;
     # Progressive resizing: the 96 px run above, fine-tuned at 128 px for 6 more epochs at a lower rate
     # (same seed, so the same validation images stay out of training).
     efficientnet_lite0_128ft) run efficientnet_lite0 --image-size 128 --epochs 6 --batch-size 64 \

@@ -51,7 +51,7 @@ from PIL import Image, ImageStat
 from scipy.fft import dctn
 
 from emotion.data.sources import DatasetSplits, load_dataset_spec
-from emotion.images import ImageLoadError, file_digest, load_image
+from emotion.images import ImageLoadError, file_digest, image_header, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +125,9 @@ def _scan_file(path: str) -> tuple:
     except Exception as exc:  # noqa: BLE001 - PIL plugins raise odd types on malformed files
         return (f"{path}: unreadable image ({type(exc).__name__}: {exc})", byte_sha)
     mode, fmt = None, None
-    try:
-        with Image.open(path) as raw:  # header only: the original mode before RGB conversion
-            mode, fmt = raw.mode, raw.format
-    except Exception:  # it decoded above; the header is only informative
+    try:  # header only: the original mode before RGB conversion
+        mode, fmt, _, _ = image_header(path)
+    except ImageLoadError:  # it decoded above; the header is only informative
         logger.debug("could not re-read header of %s", path, exc_info=True)
     pixel_sha = hashlib.sha256(f"{img.width}x{img.height}:".encode() + img.tobytes()).hexdigest()
     stat = ImageStat.Stat(img)  # per-channel, from the histogram: cheap for small images
@@ -517,8 +516,11 @@ def audit_dataset(
     ok = [r for r in records if r.ok]
     split_names = list(splits.splits)
 
-    corrupt = sorted(({"file": r.path, "split": r.split, "label": r.label, "error": r.error}
-                      for r in records if not r.ok), key=lambda d: d["file"])
+    # files that are no regular file (pipes, devices, link loops) were never opened: corrupt too
+    unopened = [{"file": d["file"], "split": d["split"], "label": d["class"], "error": d["error"]}
+                for d in splits.skipped]
+    corrupt = sorted([*({"file": r.path, "split": r.split, "label": r.label, "error": r.error}
+                        for r in records if not r.ok), *unopened], key=lambda d: d["file"])
     blank_recs = [r for r in ok if r.std < blank_std]
     blank = sorted(({"file": r.path, "split": r.split, "label": r.label, "std": round(r.std, 3),
                      "mean": round(r.mean, 2), "constant": r.constant} for r in blank_recs),

@@ -16,7 +16,6 @@ import io
 import logging
 import os
 import platform
-import re
 import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +35,7 @@ from emotion.data.sources import (
 )
 from emotion.models import get_model_config, list_models
 from emotion.models.registry import ModelError
+from emotion.names import slug
 from emotion.training import DEFAULT_RUNS_DIR
 
 logger = logging.getLogger(__name__)
@@ -190,14 +190,12 @@ def parse_train_options(items: Optional[list[str]]) -> dict[str, Any]:
     return out
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_.") or "data"
 
 
 def _run_prefix(config: BenchmarkConfig) -> str:
     classes = config.class_list()
-    tag = f"-{_slug('+'.join(classes))[:40]}" if classes else ""
-    return f"bench-{_slug(Path(config.data).name if os.path.exists(config.data) else config.data)}{tag}"
+    tag = f"-{slug('+'.join(classes))[:40]}" if classes else ""
+    return f"bench-{slug(Path(config.data).name if os.path.exists(config.data) else config.data)}{tag}"
 
 
 def _same_data(a: Optional[str], b: str) -> bool:

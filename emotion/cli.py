@@ -114,6 +114,32 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_runs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", default=None, help="folder of run folders (default: $EMOTION_RUNS_DIR or "
+                                                     "checkpoints/runs)")
+    p.add_argument("--json", action="store_true", help="one JSON object per run")
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    import json
+
+    from emotion.runs import list_runs
+
+    listed = list_runs(args.runs_dir)
+    for run in listed:
+        val = ((run.get("metrics") or {}).get("val") or {}).get("accuracy")
+        if args.json:
+            print(json.dumps({k: run[k] for k in ("name", "state", "model", "input_size", "ready", "error")}
+                             | {"path": str(run["path"]), "val_accuracy": val}))
+            continue
+        score = f"val {val:.1%}" if isinstance(val, (int, float)) else "val -"
+        error = f"  ({run['error']})" if run.get("error") and run["state"] != "completed" else ""
+        print(f"{run['name']:40s} {run['state']:11s} {run['model'] or '-':20s} {score}{error}")
+    if not listed and not args.json:
+        print("no runs yet: python -m emotion train --help")
+    return 0
+
+
 def _comma_list(text: Optional[str]) -> list[str]:
     return [x.strip() for x in (text or "").split(",") if x.strip()]
 
@@ -123,9 +149,9 @@ def _setup_evaluate(p: argparse.ArgumentParser) -> None:
                    help="run folder: a trained run, an ensemble or checkpoints/default")
     _add_data_args(p)
     p.set_defaults(seed=None)  # None: split an unsplit folder with the run's training seed
-    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+    p.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
                    help="split to score; 'val' is the data's val split, else the share of train the run "
-                        "held out")
+                        "held out; 'all' is every image (a cross-dataset set that is one folder)")
     p.add_argument("--tta", action="store_true",
                    help="average each image's probabilities with its mirror image's")
     p.add_argument("--fit-temperature", action="store_true",
@@ -135,13 +161,17 @@ def _setup_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--speed", action="store_true", help="also measure batch-1 latency and throughput")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: GPU if there is one)")
-    p.add_argument("--no-save", action="store_true", help="do not store the result under RUN/evaluations/")
+    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=None,
+                   help="store the result under RUN/evaluations/ (default: yes, except for the shipped "
+                        "model, whose folder is part of the repository)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
+    from emotion import paths
     from emotion.evaluation import auto_device, evaluate_run, fit_run_temperature, format_report
     from emotion.runs import load_run
 
@@ -152,9 +182,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.fit_temperature:
         fit_run_temperature(run, args.data, classes=args.classes, seed=args.seed, batch_size=args.batch_size,
                             tta=args.tta, device=device, save=True)
+    save = args.save
+    if save is None:  # evaluating the shipped model must not leave files in the repository
+        save = Path(args.run).resolve() != paths.default_model_dir().resolve()
     result = evaluate_run(run, args.data, split=args.split, classes=args.classes, seed=args.seed,
                           tta=args.tta, batch_size=args.batch_size, n_bins=args.bins, device=device,
-                          speed=args.speed, save=not args.no_save)
+                          speed=args.speed, save=save)
     print(json.dumps(result, indent=2, default=str) if args.json else format_report(result))
     return 0
 
@@ -317,6 +350,9 @@ def _add_face_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each face with its mirror image (default: when the run's config.json "
                         "recommends it)")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply the temperature fitted on the run's validation images (temperature.json), "
+                        "when it has one (default: on)")
     p.add_argument("--device", default="cpu", help="torch device for the classifier (default: %(default)s)")
 
 
@@ -331,7 +367,7 @@ def _predictor_config(args: argparse.Namespace):
                                   min_score=args.min_score, max_side=args.max_side or None)
         return PredictorConfig(detector=detector, margin=args.margin, whole_image=args.whole_image,
                                grayscale=args.grayscale, tta=args.tta, device=args.device,
-                               max_faces=getattr(args, "max_faces", None))
+                               calibrate=args.calibrate, max_faces=getattr(args, "max_faces", None))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -488,6 +524,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "audit": ("check a dataset for corrupt, blank, duplicate and leaked images", _setup_audit, _cmd_audit),
     "train": ("train a model into a run folder", _setup_train, _cmd_train),
     "models": ("list the registered models", lambda p: None, _cmd_models),
+    "runs": ("list trained runs with their state (a killed training shows as interrupted)", _setup_runs,
+             _cmd_runs),
     "evaluate": ("score a run on a dataset split: metrics, calibration, size, speed", _setup_evaluate,
                  _cmd_evaluate),
     "ensemble": ("combine trained runs into an ensemble run", _setup_ensemble, _cmd_ensemble),

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
 from emotion.data.cache import DecodedImageCache
 from emotion.data.sources import DatasetSplits, Sample, default_cache_dir
-from emotion.images import ImageLoadError
+from emotion.images import ImageLoadError, image_header
 
 DEFAULT_FACE_SIZE = 64
 
@@ -139,9 +138,9 @@ def image_properties(splits: DatasetSplits, max_images: Optional[int] = 5000, se
         row: dict[str, Any] = {"split": split, "class": splits.classes[s.label], "file": str(s.path)}
         try:
             row["bytes"] = s.path.stat().st_size
-            with Image.open(s.path) as img:
-                row.update(width=img.width, height=img.height, mode=img.mode, format=img.format or "?")
-        except Exception:  # noqa: BLE001 - any header failure means "unreadable" here
+            mode, fmt, width, height = image_header(s.path)
+            row.update(width=width, height=height, mode=mode, format=fmt or "?")
+        except (OSError, ImageLoadError):  # any header failure means "unreadable" here
             row.update(width=0, height=0, mode="unreadable", format="?")
             row.setdefault("bytes", 0)
         rows.append(row)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from emotion.data.sources import (
 )
 from emotion.data.transforms import build_transform
 from emotion.models.registry import ModelConfig, ModelError, count_parameters, logits_of
+from emotion.names import slug
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ TEMPERATURE_FILE = "temperature.json"
 EVALUATIONS_DIR = "evaluations"
 DEFAULT_BINS = 15
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-SPLITS = ("test", "val", "train")
+SPLITS = ("test", "val", "train", "all")  # "all": every image, whatever split it is in
 _TINY = np.finfo(np.float64).tiny
 
 
@@ -456,7 +456,8 @@ def load_eval_data(run: runs.LoadedRun, data: Union[str, Path, DatasetSplits], s
     """Resolve ``data`` and pick ``split`` for ``run``: classes checked, face crops applied if trained so.
 
     ``split`` is ``test``, ``train`` or ``val`` (the data's own val split, or
-    the validation share of train the run held out).  ``seed`` splits an
+    the validation share of train the run held out), or ``all`` (every image
+    of every split: a cross-dataset set that arrives as one folder).  ``seed`` splits an
     unsplit folder 80/20; by default the run's training seed, so the test
     images are the ones training held out.
     """
@@ -493,6 +494,9 @@ def load_eval_data(run: runs.LoadedRun, data: Union[str, Path, DatasetSplits], s
         notes.append(f"face crops as in training: {report.summary()}")
     if split == "val":
         samples, description = validation_samples(splits, _train_config(run.spec, run.path))
+    elif split == "all":  # a test set that arrives as one folder: none of it lost to an 80/20 split
+        samples = [smp for part in splits.splits.values() for smp in part]
+        description = f"every image ({len(samples)})"
     else:
         if split not in splits.splits:
             raise DatasetError(f"{spec} has no {split!r} split (it has {sorted(splits.splits)}); "
@@ -501,7 +505,7 @@ def load_eval_data(run: runs.LoadedRun, data: Union[str, Path, DatasetSplits], s
     if not samples:
         raise DatasetError(f"the {description} of {spec} has no images for classes {splits.classes}")
     trained_on = _train_config(run.spec, run.path).get("data")
-    if split == "train" and trained_on and str(trained_on) == spec:
+    if split in ("train", "all") and trained_on and str(trained_on) == spec:
         notes.append("these are the run's training images: scores are optimistic")
     return EvalData(splits, split, samples, description, spec, notes)
 
@@ -546,8 +550,6 @@ def load_temperature(run_dir: Union[str, Path]) -> Optional[dict]:
     return record
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_.") or "data"
 
 
 def _now() -> str:
@@ -649,7 +651,7 @@ def evaluate_run(run: Union[str, Path, runs.LoadedRun], data: Union[str, Path, D
     result["notes"] = notes
     result["created"] = _now()
     if save:
-        name = f"{_slug(ev.splits.name)}-{split}{'-tta' if tta else ''}.json"
+        name = f"{slug(ev.splits.name)}-{split}{'-tta' if tta else ''}.json"
         saved = _write_into_run(run.path, f"{EVALUATIONS_DIR}/{name}", result)
         result["saved_to"] = str(saved) if saved else None
     return result

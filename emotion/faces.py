@@ -749,7 +749,7 @@ def crop_dataset(
     logger.info("face crops (%s) in %.1fs: %s", crop_root, report.seconds, report.summary())
     note = f"face crops with MTCNN ({config.describe()}): {report.summary()}; crops in {crop_root}"
     cropped = DatasetSplits(splits.name, list(splits.classes), new_splits, splits.source, splits.root,
-                            list(splits.notes) + [note])
+                            list(splits.notes) + [note], list(splits.skipped))
     return cropped, report
 
 

@@ -17,10 +17,30 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (``os.umask`` sets it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)  # pragma: no cover - no /proc: read it by setting it back at once
+    os.umask(current)
+    return current
+
+
+def default_file_mode() -> int:
+    """What ``open(path, "w")`` would create: 0666 less the umask (usually 0644)."""
+    return 0o666 & ~_umask()
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], mode: Optional[int] = None) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place.
 
-    ``mode``: permissions for the final file (temporary files are created 0600).
+    ``mode``: permissions for the final file; by default those of a plainly
+    created file (0666 less the umask), so that an app running as another user
+    can read new runs (``mkstemp`` alone would leave them 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,8 +48,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], mode: Optional[int] 
     os.close(fd)
     try:
         write(Path(tmp))
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, default_file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

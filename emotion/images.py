@@ -9,12 +9,16 @@ where that conversion happens.  Unreadable input raises ``ImageLoadError``
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
+import os
+import re
+import stat
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,6 +43,37 @@ def is_image_file(path: Union[str, Path]) -> bool:
     """True when ``path`` has an image extension and is not a hidden/metadata file."""
     p = Path(path)
     return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def regular_file_problem(path: Union[str, Path]) -> Optional[str]:
+    """Why ``path`` cannot be read as a file's bytes (None when it is a regular file).
+
+    Opening a named pipe blocks forever and a device never ends, so every
+    reader checks this first; symbolic links are followed, and a loop or a
+    dangling link is named as such rather than reported as "no such file".
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "dangling symbolic link (not a regular file)" if os.path.islink(path) else "no such file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (not a regular file)"
+        return f"cannot read ({exc.strerror or exc})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(st.st_mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+def _pixel_limit_message(name: str, exc: BaseException) -> str:
+    """Pillow's "could be decompression bomb DOS attack" said as what to do about it."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f" ({int(found.group(1)):,} pixels)" if found else ""
+    return (f"{name}: the image{size} is larger than the {MAX_IMAGE_PIXELS:,}-pixel limit; "
+            "downscale it first (for example to 4000 pixels on its longer side)")
 
 
 def _describe(source: ImageInput) -> str:
@@ -124,8 +159,9 @@ def load_image(source: ImageInput) -> Image.Image:
         fp = Path(source)
         if fp.is_dir():
             raise ImageLoadError(f"{fp}: is a folder, not an image file")
-        if not fp.is_file():
-            raise ImageLoadError(f"{fp}: no such file")
+        problem = regular_file_problem(fp)
+        if problem is not None:
+            raise ImageLoadError(f"{fp}: {problem}")
         if fp.stat().st_size == 0:
             raise ImageLoadError(f"{fp}: empty file (0 bytes)")
     else:
@@ -148,8 +184,9 @@ def load_image(source: ImageInput) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise ImageLoadError(f"{_describe(source)}: not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, EOFError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(_pixel_limit_message(_describe(source), exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(f"{_describe(source)}: unreadable image ({exc})") from None
     except Exception as exc:  # a decoder plugin failing in its own way on a damaged file
         raise ImageLoadError(f"{_describe(source)}: unreadable image ({type(exc).__name__}: {exc})") from None
@@ -160,8 +197,38 @@ def load_image_array(source: ImageInput) -> np.ndarray:
     return np.asarray(load_image(source), dtype=np.uint8)
 
 
+def image_header(path: Union[str, Path]) -> tuple[str, Optional[str], int, int]:
+    """(mode, format, width, height) from the file's header, without decoding the pixels.
+
+    Raises ``ImageLoadError`` for anything that is not a readable image header
+    (non-regular files, decompression bombs and decoder failures included), so
+    no header read can stop a dataset scan or lose a trained model.
+    """
+    problem = regular_file_problem(path)
+    if problem is not None:
+        raise ImageLoadError(f"{path}: {problem}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                return img.mode, img.format, int(img.width), int(img.height)
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(_pixel_limit_message(str(path), exc)) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not a recognised image format") from None
+    except Exception as exc:  # noqa: BLE001 - plugins raise odd types on malformed headers
+        raise ImageLoadError(f"{path}: unreadable image header ({type(exc).__name__}: {exc})") from None
+
+
 def file_digest(path: Union[str, Path], chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes: the content key for caches and exact duplicates."""
+    """SHA-256 of a file's bytes: the content key for caches and exact duplicates.
+
+    Raises ``OSError`` (with the reason as ``strerror``) for a named pipe,
+    device or symbolic-link loop instead of blocking on it.
+    """
+    problem = regular_file_problem(path)
+    if problem is not None:
+        raise OSError(errno.EINVAL, problem, str(path))
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(chunk_size):

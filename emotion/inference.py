@@ -234,6 +234,9 @@ class PredictorConfig:
         "help": "average each face's probabilities with its mirror image's (one batch: 10.2 instead of "
                 "7.8 ms a face for the shipped model on 2 CPU cores); None: when the run's config.json "
                 "recommends it"})
+    calibrate: bool = field(default=True, metadata={
+        "help": "divide the logits by the temperature fitted on the run's validation images "
+                "(temperature.json), so a 90% answer is right about 90% of the time; off: raw softmax"})
     device: str = field(default="cpu", metadata={"help": "torch device for the classifier"})
     channels_last: bool = field(default=True, metadata={
         "help": "channels-last memory format for CNNs (faster on CPU)"})
@@ -280,7 +283,7 @@ class Predictor:
     def __init__(self, module: nn.Module, model_config: ModelConfig, labels: Sequence[str],
                  config: Optional[PredictorConfig] = None, run: Optional[RunChoice] = None,
                  run_margin: Optional[float] = None, run_grayscale: bool = False,
-                 run_tta: bool = False) -> None:
+                 run_tta: bool = False, run_temperature: Optional[float] = None) -> None:
         self.config = config if config is not None else PredictorConfig()
         if not isinstance(self.config, PredictorConfig):
             raise ValueError(f"config must be a PredictorConfig, got {type(self.config).__name__}")
@@ -292,6 +295,7 @@ class Predictor:
         # a model that only ever saw grey faces does worse on colour ones: follow its training data
         self.grayscale = self.config.grayscale if self.config.grayscale is not None else run_grayscale
         self.tta = self.config.tta if self.config.tta is not None else run_tta
+        self.temperature = run_temperature if (self.config.calibrate and run_temperature) else None
         self.device = torch.device(self.config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ModelError(f"device={self.config.device!r} but CUDA is not available; use device='cpu'")
@@ -315,7 +319,12 @@ class Predictor:
         margin = _run_margin(loaded.spec, loaded.path, loaded.config.input_size)
         grayscale = bool((loaded.spec.get("data") or {}).get("grayscale"))
         tta = bool((loaded.spec.get("inference") or {}).get("tta"))
-        return cls(loaded.module, loaded.config, loaded.labels, config, choice, margin, grayscale, tta)
+        from emotion.evaluation import load_temperature
+
+        fitted = load_temperature(loaded.path)  # a damaged temperature.json is named, not ignored
+        temperature = float(fitted["temperature"]) if fitted else None
+        return cls(loaded.module, loaded.config, loaded.labels, config, choice, margin, grayscale, tta,
+                   temperature)
 
     @property
     def input_size(self) -> int:
@@ -366,9 +375,10 @@ class Predictor:
         if not crops:
             return np.zeros((0, len(self.labels)))
         x = self.to_tensor(crops)
+        scale = 1.0 / self.temperature if self.temperature else 1.0
         if not self.tta:
-            return logits_of(self.module(x)).float().softmax(-1).cpu().numpy().astype(np.float64)
-        probs = logits_of(self.module(torch.cat([x, x.flip(-1)]))).float().softmax(-1)
+            return (logits_of(self.module(x)).float() * scale).softmax(-1).cpu().numpy().astype(np.float64)
+        probs = (logits_of(self.module(torch.cat([x, x.flip(-1)]))).float() * scale).softmax(-1)
         return ((probs[: len(crops)] + probs[len(crops):]) / 2).cpu().numpy().astype(np.float64)
 
     # ---- whole pipeline
@@ -417,7 +427,8 @@ class Predictor:
         """What answers: run, model, labels and crop settings (for JSON output and the app)."""
         return {**(self.run.to_dict() if self.run else {}), "model": self.model_config.name,
                 "input_size": self.input_size, "labels": list(self.labels), "margin": self.margin,
-                "grayscale": self.grayscale, "tta": self.tta, "detector": self.config.detector.to_dict()}
+                "grayscale": self.grayscale, "tta": self.tta, "temperature": self.temperature,
+                "detector": self.config.detector.to_dict()}
 
 
 _PREDICTORS: "OrderedDict[str, Predictor]" = OrderedDict()
@@ -430,8 +441,9 @@ def get_predictor(run: Union[str, Path, None] = None, config: Optional[Predictor
     choice = resolve_run(run)
     config = config if config is not None else PredictorConfig()
     weights = choice.path / runs.WEIGHTS_FILE
-    stamp = weights.stat().st_mtime_ns if weights.exists() else 0
-    key = json.dumps([str(choice.path.resolve()), stamp, config.to_dict()], sort_keys=True, default=str)
+    stamps = [p.stat().st_mtime_ns if p.exists() else 0
+              for p in (weights, choice.path / "temperature.json")]  # a refitted temperature is a new model
+    key = json.dumps([str(choice.path.resolve()), stamps, config.to_dict()], sort_keys=True, default=str)
     with _PREDICTORS_LOCK:
         pred = _PREDICTORS.get(key)
         if pred is None:

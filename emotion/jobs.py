@@ -61,6 +61,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 from emotion import paths
 from emotion.fileio import read_json_or_none, write_json
+from emotion.processes import proc_stat
 
 try:  # POSIX
     import fcntl
@@ -170,16 +171,6 @@ def quick_train_config(data: str, classes: Optional[str], train_images: int,
 
 # ----------------------------------------------------------------------------- processes
 
-def _proc_stat(pid: int) -> Optional[tuple[str, int]]:
-    """(state, process group) of ``pid`` from ``/proc``, or None when there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    fields = text[text.rfind(")") + 2:].split()
-    return fields[0], int(fields[2])
-
-
 def _reap(pid: int) -> None:
     """Collect ``pid`` if it is our exited child (else a zombie would look alive)."""
     with contextlib.suppress(ChildProcessError, OSError):
@@ -194,7 +185,7 @@ def group_alive(pgid: Optional[int]) -> bool:
     if Path("/proc/self/stat").exists():
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
-                stat = _proc_stat(int(entry.name))
+                stat = proc_stat(int(entry.name))
                 if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
                     return True
         return False

@@ -5,7 +5,9 @@ directory (the repository root when the app or the CLI runs there).
 ``EMOTION_RUNS_DIR`` moves the runs folder, and with it the job queue and the
 exclusion lists that sit beside it (tests point it at a temporary folder so
 they never see the user's runs); ``EMOTION_DEFAULT_MODEL_DIR`` moves the
-shipped model's folder.
+shipped model's folder.  ``EMOTION_DATA_ROOTS`` (folders separated by
+``os.pathsep``) confines dataset folders to those roots, for public
+deployments where a browser user must not read arbitrary server folders.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import re
 from pathlib import Path
 
+DATA_ROOTS_ENV = "EMOTION_DATA_ROOTS"
 RUNS_DIR_ENV = "EMOTION_RUNS_DIR"
 JOBS_DIR_ENV = "EMOTION_JOBS_DIR"
 DEFAULT_MODEL_ENV = "EMOTION_DEFAULT_MODEL_DIR"
@@ -51,3 +54,18 @@ def default_model_dir() -> Path:
     """
     env = os.environ.get(DEFAULT_MODEL_ENV, "").strip()
     return Path(env).expanduser() if env else DEFAULT_MODEL_DIR
+
+
+def data_roots() -> list[Path]:
+    """The folders datasets must lie in (``$EMOTION_DATA_ROOTS``), resolved; empty: anywhere."""
+    env = os.environ.get(DATA_ROOTS_ENV, "")
+    return [Path(p).expanduser().resolve() for p in env.split(os.pathsep) if p.strip()]
+
+
+def outside_data_roots(folder: Path) -> bool:
+    """Whether ``folder`` (symbolic links resolved) lies outside every configured data root."""
+    roots = data_roots()
+    if not roots:
+        return False
+    target = Path(folder).expanduser().resolve()
+    return not any(target == root or root in target.parents for root in roots)

@@ -20,6 +20,7 @@ from torch import nn
 from emotion import paths
 from emotion.fileio import atomic_write, read_json_or_none, write_json
 from emotion.models import ModelConfig, ModelError, create_model
+from emotion.processes import recorded_process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ HISTORY_FILE = "history.json"
 PROGRESS_FILE = "progress.jsonl"
 STATUS_FILE = "status.json"
 TRAIN_CONFIG_FILE = "train_config.json"
+RUN_LOCK_FILE = ".train.lock"  # held (flock) by the training process for as long as it runs
 
 
 class RunError(ModelError):
@@ -175,7 +177,8 @@ def describe_run(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
     """What a run folder holds, from its JSON files alone (no weights are loaded); None if it is no run.
 
     ``state`` is the training status (``running``, ``completed``, ``failed``,
-    ``stopped``, ``interrupted``), ``completed`` for an ensemble or a copied
+    ``stopped``, ``interrupted``; a "running" run whose process is gone reads
+    ``interrupted``), ``completed`` for an ensemble or a copied
     model without one, else ``incomplete``; ``ready`` says whether
     :func:`load_run` can rebuild the model.
     """
@@ -197,13 +200,18 @@ def describe_run(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
         tc = (member.get("train_config") or {}) if isinstance(member, dict) else {}
     ready = bool(spec) and isinstance(labels, list) and (is_ensemble or (run_dir / WEIGHTS_FILE).exists())
     state = status.get("state") or ("completed" if ready else "incomplete")
+    error = status.get("error")
+    if state == "running" and recorded_process_alive(status, run_dir / RUN_LOCK_FILE) is False:
+        state = "interrupted"  # killed (SIGKILL, out of memory, a reboot) before it could say so
+        error = (f"the training process (pid {status.get('pid')}) ended without finishing; train again with "
+                 "the same settings (or Resume on the Train page) to continue from its last checkpoint")
     stamp = max((p.stat().st_mtime for p in (run_dir / STATUS_FILE, run_dir / CONFIG_FILE, run_dir)
                  if p.exists()), default=0.0)
     return {
         "name": run_dir.name,
         "path": run_dir,
         "state": state,
-        "error": status.get("error"),
+        "error": error,
         "model": spec.get("model") or tc.get("model"),
         "is_ensemble": is_ensemble,
         "members": spec.get("members") if is_ensemble else None,

@@ -39,9 +39,11 @@ from emotion.data.sources import (
     validation_holdout,
 )
 from emotion.data.transforms import AugmentationConfig, build_transform
+from emotion.fileio import read_json_or_none
 from emotion.models import create_model, get_model_config
 from emotion.models.registry import count_parameters
 from emotion.models.weights import SCRATCH
+from emotion.names import child_folder, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,10 @@ class TrainConfig:
     contrast: float = field(default=0.3, metadata={"help": "augmentation: contrast jitter"})
     horizontal_flip: bool = field(default=True, metadata={"help": "augmentation: random flips"})
     crop_scale_min: float = field(default=0.8, metadata={"help": "augmentation: min random-crop area"})
+    blur_sharpen: float = field(default=0.0, metadata={
+        "help": "augmentation: probability of a random blur or sharpening (0 = off)"})
+    erasing: float = field(default=0.0, metadata={
+        "help": "augmentation: probability of erasing a random rectangle (0 = off)"})
     val_fraction: float = field(default=0.1, metadata={"help": "stratified validation share of train "
                                                                "(when the data has no val split)"})
     early_stopping_patience: int = field(default=3, metadata={"help": "evaluations without improvement "
@@ -99,6 +105,8 @@ class TrainConfig:
     face_margin: float = field(default=0.2, metadata={"help": "face crop: margin around the box"})
     face_on_miss: str = field(default="whole", metadata={"help": "face crop: whole, center or skip on no face"})
     evaluate_test: bool = field(default=True, metadata={"help": "also score the held-out test split at the end"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "train into a run folder that already holds a completed run, replacing it"})
 
     def __post_init__(self) -> None:
         get_model_config(self.model)  # raises with the list of models
@@ -129,14 +137,16 @@ class TrainConfig:
         if self.early_stopping_patience < 0:
             raise ValueError("early_stopping_patience must be >= 0")
         self.augmentation  # validates the augmentation fields
+        if self.run_name is not None:
+            safe_name(self.run_name)  # refuses ".", "..", empty and over-long names, whatever output_dir is
         if not self.output_dir:  # fix the run folder now so every later reader agrees on it
             name = self.run_name or f"{self.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-            self.output_dir = str(paths.runs_dir() / re.sub(r"[^A-Za-z0-9_.-]", "_", name))
+            self.output_dir = str(child_folder(paths.runs_dir(), name))
 
     @property
     def augmentation(self) -> AugmentationConfig:
         return AugmentationConfig(self.augment, self.rotation_degrees, self.brightness, self.contrast,
-                                  self.horizontal_flip, self.crop_scale_min)
+                                  self.horizontal_flip, self.crop_scale_min, self.blur_sharpen, self.erasing)
 
     @property
     def run_dir(self) -> Path:
@@ -246,6 +256,7 @@ class PreparedData:
     skipped: dict[str, str]
     val_source: str
     face_report: Optional[dict] = None
+    grayscale: bool = False
 
 
 def prepare_data(config: TrainConfig, splits: DatasetSplits, input_size: int, preprocess) -> PreparedData:
@@ -273,8 +284,11 @@ def prepare_data(config: TrainConfig, splits: DatasetSplits, input_size: int, pr
             skipped.update(ds.drop_unreadable())
     if len(train) == 0 or len(val) == 0:
         raise DatasetError(f"not enough readable images to train: {len(train)} train, {len(val)} validation")
+    skipped.update({d["file"]: d["error"] for d in splits.skipped})  # pipes, devices, link loops
+    # judged before training, from the readable training images only, so it cannot fail afterwards
+    readable = DatasetSplits(splits.name, list(splits.classes), {"train": train.samples}, splits.source)
     return PreparedData(splits, train, val, test, skipped, val_source,
-                        face_report.to_dict() if face_report else None)
+                        face_report.to_dict() if face_report else None, readable.is_grayscale())
 
 
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -301,7 +315,7 @@ def _step_of(checkpoint: Optional[str]) -> Optional[int]:
 
 
 def _write_status(run_dir: Path, state: str, **extra: Any) -> None:
-    runs.write_json(run_dir / runs.STATUS_FILE, {"state": state, "pid": os.getpid(),
+    runs.write_json(run_dir / runs.STATUS_FILE, {"state": state, "pid": os.getpid(), "host": platform.node(),
                                                  "time": datetime.now(timezone.utc).isoformat(), **extra})
 
 
@@ -316,6 +330,9 @@ def train(config: TrainConfig, extra_callbacks: Optional[list] = None) -> dict[s
     stop button, tests that simulate an interruption).
     """
     run_dir = config.run_dir
+    created = not run_dir.exists()
+    if not created:
+        check_run_folder(run_dir, overwrite=config.overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_run_folder(run_dir):
         if _is_main_process():
@@ -324,12 +341,84 @@ def train(config: TrainConfig, extra_callbacks: Optional[list] = None) -> dict[s
             return _train(config, run_dir, extra_callbacks or [])
         except BaseException as exc:
             if _is_main_process():
-                state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                _write_status(run_dir, state, error=f"{type(exc).__name__}: {exc}")
+                if created and not _holds_results(run_dir) and not isinstance(exc, KeyboardInterrupt):
+                    _remove_own_files(run_dir)  # e.g. offline Hub: no empty "failed" folder is left
+                else:
+                    state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                    _write_status(run_dir, state, error=f"{type(exc).__name__}: {exc}")
             raise
 
 
-RUN_LOCK_FILE = ".train.lock"
+# What a run folder holds: any of these marks a folder as a run's (the job queue writes train.log first).
+RUN_MARKERS = (runs.STATUS_FILE, runs.CONFIG_FILE, runs.TRAIN_CONFIG_FILE, runs.PROGRESS_FILE, "train.log",
+               runs.RUN_LOCK_FILE, "checkpoints")
+# Files this module writes before any result exists; removed again when such a run fails at once.
+_EARLY_FILES = (runs.STATUS_FILE, runs.RUN_LOCK_FILE, runs.PROGRESS_FILE, runs.TRAIN_CONFIG_FILE)
+
+
+def check_run_folder(run_dir: Path, overwrite: bool = False) -> None:
+    """Refuse to train into ``run_dir`` when that would replace a completed run or mix with other files.
+
+    A completed run is replaced only with ``overwrite``; a folder that holds
+    files but is no run folder (your home, the repository, the runs folder
+    itself) is never trained into.
+    """
+    if not run_dir.is_dir():
+        if run_dir.exists():
+            raise runs.RunError(f"{run_dir} is a file, not a run folder: choose another --output-dir")
+        return
+    status = read_json_or_none(run_dir / runs.STATUS_FILE)
+    completed = (isinstance(status, dict) and status.get("state") == "completed") or (
+        (run_dir / runs.WEIGHTS_FILE).exists() and (run_dir / runs.METRICS_FILE).exists())
+    if completed and not overwrite:
+        raise runs.RunError(f"{run_dir} already holds a completed run; choose another --output-dir or "
+                            "--run-name, or pass --overwrite to replace it")
+    if any((run_dir / marker).exists() for marker in RUN_MARKERS):
+        return
+    others = sorted(p.name for p in run_dir.iterdir())
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise runs.RunError(f"{run_dir} is not a run folder and is not empty ({shown}): training writes and "
+                            "deletes files in its run folder, so choose a new or empty --output-dir")
+
+
+def _holds_results(run_dir: Path) -> bool:
+    """Whether a failed run left anything worth keeping (checkpoints, weights, metrics, a log)."""
+    return any((run_dir / name).exists() for name in (
+        "checkpoints", runs.WEIGHTS_FILE, runs.METRICS_FILE, runs.CONFIG_FILE, "train.log"))
+
+
+def _remove_own_files(run_dir: Path) -> None:
+    """Delete the files this module wrote into a folder it created, then the folder if it is empty."""
+    for name in _EARLY_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:  # something else is in it: leave it all
+        logger.debug("kept %s: not empty", run_dir)
+
+
+_CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")
+
+
+def remove_checkpoints(ckpt_dir: Path) -> None:
+    """Delete the Trainer's ``checkpoint-N`` folders in ``ckpt_dir``, and ``ckpt_dir`` once it is empty.
+
+    Nothing else is touched: a file a user put there, or a folder of another
+    name, stays (and keeps ``ckpt_dir``).
+    """
+    if not ckpt_dir.is_dir() or ckpt_dir.is_symlink():
+        return
+    for child in ckpt_dir.iterdir():
+        if _CHECKPOINT_NAME.fullmatch(child.name) and child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+    try:
+        ckpt_dir.rmdir()
+    except OSError:
+        logger.info("kept %s: it holds files that are not training checkpoints", ckpt_dir)
+
+
+RUN_LOCK_FILE = runs.RUN_LOCK_FILE
 
 
 @contextlib.contextmanager
@@ -364,13 +453,34 @@ def _exclusive_run_folder(run_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _save_trained(run_dir: Path, built: Any, model_cfg: Any, labels: list[str], config: TrainConfig,
+                  data: PreparedData, use_bf16: bool, on_cuda: bool) -> None:
+    """Write the kept weights with the config and labels that rebuild them (``emotion.runs.load_run``)."""
+    runs.save_model(run_dir, built.module, model_cfg, labels, built.weights, extra={
+        "train_config": config.to_dict(),
+        "data": {**data.splits.describe(), "grayscale": data.grayscale,
+                 "train_images": len(data.train),
+                 "val_images": len(data.val),
+                 "test_images": len(data.test) if data.test else 0,
+                 "val_source": data.val_source, "skipped_unreadable": data.skipped,
+                 "face_crop": data.face_report},
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "machine": platform.machine(), "cpus": os.cpu_count(),
+                        "cuda": torch.cuda.get_device_name(0) if on_cuda else None,
+                        "bf16": use_bf16},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
 def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     set_seed(config.seed)
     ckpt_dir = run_dir / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if (config.resume and ckpt_dir.is_dir()) else None
+    replacing = config.overwrite and (run_dir / runs.METRICS_FILE).exists()  # a completed run: start over
+    last = (get_last_checkpoint(str(ckpt_dir))
+            if (config.resume and not replacing and ckpt_dir.is_dir()) else None)
     if last:
         _check_resumable(run_dir, config)
         logger.info("resuming from %s", last)
@@ -442,6 +552,9 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=last)
     train_time = time.monotonic() - start
+    if trainer.is_world_process_zero():
+        # the weights first: nothing that runs after training (evaluation, reports) can lose them
+        _save_trained(run_dir, built, model_cfg, labels, config, data, use_bf16, on_cuda)
     val_metrics = trainer.evaluate(data.val, metric_key_prefix="val")
     test_metrics = (trainer.evaluate(data.test, metric_key_prefix="test")
                     if (config.evaluate_test and data.test is not None) else None)
@@ -464,24 +577,9 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
         "parameters": count_parameters(built.module),
         "learning_rate": learning_rate,
     }
-    runs.save_model(run_dir, built.module, model_cfg, labels,
-                    built.weights, extra={
-                        "train_config": config.to_dict(),
-                        "data": {**data.splits.describe(), "grayscale": data.splits.is_grayscale(),
-                                 "train_images": len(data.train),
-                                 "val_images": len(data.val),
-                                 "test_images": len(data.test) if data.test else 0,
-                                 "val_source": data.val_source, "skipped_unreadable": data.skipped,
-                                 "face_crop": data.face_report},
-                        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                                        "machine": platform.machine(), "cpus": os.cpu_count(),
-                                        "cuda": torch.cuda.get_device_name(0) if on_cuda else None,
-                                        "bf16": use_bf16},
-                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    })
     runs.write_json(run_dir / runs.HISTORY_FILE, trainer.state.log_history)
     runs.write_json(run_dir / runs.METRICS_FILE, metrics)
     if not config.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        remove_checkpoints(ckpt_dir)
     _write_status(run_dir, "completed", metrics={"val": metrics["val"], "test": metrics["test"]})
     return metrics

@@ -81,14 +81,19 @@ else:
             a1, a2, a3, a4, a5 = st.columns(5)
             rotation = a1.number_input("Rotation (°)", 0.0, 45.0, DEFAULTS.rotation_degrees, 1.0,
                                        key="train_rot", help=HELP["rotation_degrees"])
-            brightness = a2.number_input("Brightness", 0.0, 1.0, DEFAULTS.brightness, 0.05,
+            brightness = a2.number_input("Brightness", 0.0, 0.95, DEFAULTS.brightness, 0.05,
                                          key="train_bright", help=HELP["brightness"])
-            contrast = a3.number_input("Contrast", 0.0, 1.0, DEFAULTS.contrast, 0.05, key="train_contrast",
+            contrast = a3.number_input("Contrast", 0.0, 0.95, DEFAULTS.contrast, 0.05, key="train_contrast",
                                        help=HELP["contrast"])
             crop = a4.number_input("Min crop area", 0.3, 1.0, DEFAULTS.crop_scale_min, 0.05, key="train_crop",
                                    help=HELP["crop_scale_min"])
             flip = a5.checkbox("Horizontal flips", DEFAULTS.horizontal_flip, key="train_flip",
                                help=HELP["horizontal_flip"])
+            b1, b2, _ = st.columns([1, 1, 3])
+            blur = b1.number_input("Blur / sharpen", 0.0, 1.0, DEFAULTS.blur_sharpen, 0.05, key="train_blur",
+                                   help=HELP["blur_sharpen"])
+            erasing = b2.number_input("Erasing", 0.0, 1.0, DEFAULTS.erasing, 0.05, key="train_erasing",
+                                      help=HELP["erasing"])
         with st.expander("More options"):
             o1, o2, o3, o4 = st.columns(4)
             max_steps = o1.number_input("Max steps (-1 = epochs)", -1, 10_000_000, -1, key="train_max_steps",
@@ -117,7 +122,7 @@ else:
                 epochs=float(epochs), max_steps=int(max_steps), batch_size=int(batch_size),
                 learning_rate=float(lr) or None, class_weights=class_weights, augment=augment,
                 rotation_degrees=rotation, brightness=brightness, contrast=contrast, horizontal_flip=flip,
-                crop_scale_min=crop, label_smoothing=smoothing,
+                crop_scale_min=crop, blur_sharpen=blur, erasing=erasing, label_smoothing=smoothing,
                 early_stopping_patience=int(patience), from_scratch=from_scratch or scratch_only,
                 report_to=tracker, seed=int(seed), run_name=run_name.strip() or None, face_crop=face_crop,
                 exclude_file=str(exclusions.resolve()) if use_exclusions and exclusions.exists() else None,

@@ -11,6 +11,7 @@ import streamlit as st
 from emotion import paths
 from emotion.benchmark import runs_table, table_csv
 from emotion.evaluation import create_ensemble, evaluate_run, saved_evaluations
+from emotion.names import child_folder, slug
 from emotion.runs import list_runs
 from ui.charts import confusion_figure, recall_figure, reliability_figure
 from ui.state import active_spec, dataset_sidebar
@@ -154,11 +155,11 @@ if build:
     if len(members) < 2:
         st.error("Pick at least two member runs.")
     else:
-        name = ens_name.strip() or "ensemble-" + "+".join(members)
-        out = RUNS_DIR / "".join(ch if ch.isalnum() or ch in "._+-" else "_" for ch in name)
         member_runs = [by_name[m] for m in members]
         data, cls = _data_for(member_runs[0])
         try:
+            out = (child_folder(RUNS_DIR, ens_name, "ensemble name") if ens_name.strip()
+                   else RUNS_DIR / slug("ensemble-" + "+".join(members)))
             if out.exists() and any(out.iterdir()):
                 raise ValueError(f"{out} already exists: choose another name")
             with st.spinner("Building the ensemble" + (" and fitting its weights" if fit else "") + "…"):

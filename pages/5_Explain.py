@@ -19,7 +19,7 @@ from ui.explain import (
     view_image,
 )
 from ui.models import pick_model
-from ui.predict import IMAGE_TYPES, check_upload, digest, run_key
+from ui.predict import IMAGE_TYPES, MAX_UPLOAD_MB, check_upload, digest, run_key
 from ui.state import active_spec, dataset_sidebar
 
 st.set_page_config(page_title="Explain · Emotion Studio", page_icon="🧠", layout="wide")
@@ -71,7 +71,8 @@ if source == "Dataset sample":
         st.stop()
     name = f"{sample.path.name} (labelled {dataset.classes[sample.label]})"
 elif source == "Upload":
-    up = st.file_uploader("An image with a face", type=IMAGE_TYPES, key="explain_file")
+    up = st.file_uploader(f"An image with a face (up to {MAX_UPLOAD_MB} MB)", type=IMAGE_TYPES,
+                          key="explain_file")
     if up is not None:
         name, data = up.name, up.getvalue()
 else:

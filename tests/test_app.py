@@ -446,6 +446,7 @@ def test_docker_image_starts_the_app_the_way_spaces_expect() -> None:
     for part in ('"streamlit", "run", "app.py"', '"--server.port", "8501"', '"--server.address", "0.0.0.0"'):
         assert part in cmd, part
     assert "pip install -r /tmp/requirements.txt" in docker and "EMOTION_CACHE_DIR=" in docker
+    assert "EMOTION_DATA_ROOTS=/home/user/app/data" in docker  # a public Space reads no other folder
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {"checkpoints/runs", "checkpoints/jobs", ".git"} <= set(ignored)
     assert "checkpoints/default" not in ignored  # the shipped model goes into the image

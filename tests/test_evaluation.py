@@ -274,3 +274,32 @@ def test_bad_inputs_exit_2_with_one_line(two_runs: tuple[Path, Path], tmp_path: 
     assert "--fit-weights needs --data" in error_of(["ensemble", "--runs", f"{a},{a}", "--output-dir",
                                                      str(tmp_path / "e"), "--fit-weights"])
     assert "at least 2" in error_of(["ensemble", "--runs", str(a), "--output-dir", str(tmp_path / "e")])
+
+
+def test_split_all_scores_every_image_of_a_one_folder_set(two_runs: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """A cross-dataset set that arrives as one folder of class folders loses none of it to an 80/20 split."""
+    a, _ = two_runs
+    folder = make_class_folders(tmp_path / "photos", {"angry": 4, "happy": 6, "sad": 5})
+    assert cli_main(["evaluate", "--run", str(a), "--data", str(folder), "--split", "all", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["data"]["counts"] == {"angry": 4, "happy": 6, "sad": 5}
+    assert "every image (15)" in json.dumps(result["data"])
+    assert cli_main(["evaluate", "--run", str(a), "--data", str(folder), "--json", "--no-save"]) == 0
+    assert sum(json.loads(capsys.readouterr().out)["data"]["counts"].values()) == 3  # the 20 % test share
+
+
+def test_evaluating_the_shipped_model_writes_nothing_unless_asked(two_runs: tuple[Path, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    shipped = tmp_path / "default"
+    shutil.copytree(two_runs[0], shipped, ignore=shutil.ignore_patterns("evaluations"))
+    monkeypatch.setenv("EMOTION_DEFAULT_MODEL_DIR", str(shipped))
+    before = sorted(p.name for p in shipped.iterdir())
+    assert cli_main(["evaluate", "--run", str(shipped), "--data", DATA, "--json"]) == 0
+    assert sorted(p.name for p in shipped.iterdir()) == before
+    assert cli_main(["evaluate", "--run", str(shipped), "--data", DATA, "--json", "--save"]) == 0
+    assert (shipped / "evaluations").is_dir()
+    capsys.readouterr()

@@ -423,3 +423,26 @@ def test_flip_tta_averages_each_face_with_its_mirror(tmp_path: Path, astronaut: 
     write_json(run / "config.json", {**spec, "inference": {"tta": True}})
     assert Predictor.from_run(run).tta is True and Predictor.from_run(run).describe()["tta"] is True
     assert Predictor.from_run(run, PredictorConfig(tta=False)).tta is False
+
+
+def test_the_fitted_temperature_is_applied_unless_turned_off(run_dir: Path, astronaut: Image.Image,
+                                                             tmp_path: Path) -> None:
+    import shutil
+
+    from emotion.evaluation import apply_temperature
+    from emotion.inference import PredictorConfig
+    from emotion.runs import write_json
+
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(run_dir, calibrated)
+    write_json(calibrated / "temperature.json", {"temperature": 2.5})
+    crops = [astronaut.resize((64, 64)), astronaut.rotate(90).resize((64, 64))]
+    raw = Predictor.from_run(calibrated, PredictorConfig(calibrate=False)).classify(crops)
+    scaled = Predictor.from_run(calibrated)
+    assert scaled.describe()["temperature"] == 2.5
+    probs = scaled.classify(crops)
+    np.testing.assert_allclose(probs, apply_temperature(raw, 2.5, kind="probs"), atol=1e-5)
+    assert (probs.argmax(1) == raw.argmax(1)).all() and probs.max() < raw.max()
+    write_json(calibrated / "temperature.json", {"temperature": -1})
+    with pytest.raises(Exception, match="temperature"):
+        Predictor.from_run(calibrated)

@@ -33,11 +33,14 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 def test_training_lowers_the_loss_and_writes_a_complete_run(tmp_path: Path) -> None:
-    config = _config(tmp_path, max_steps=24, augment=False, label_smoothing=0.0, evaluate_test=True)
+    # a fresh head starts at zero (uniform probabilities, loss ln 3), so the drop is measured from there
+    config = _config(tmp_path, max_steps=24, augment=False, label_smoothing=0.0, evaluate_test=True,
+                     learning_rate=2e-3)
     metrics = train(config)
     run = Path(config.output_dir)
     losses = _losses(run)
     assert len(losses) >= 6
+    assert losses[0] == pytest.approx(1.0986, abs=0.01)  # zero-initialised head: exactly chance
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
     for name in ("config.json", "labels.json", "model.safetensors", "history.json", "metrics.json",
                  "progress.jsonl", "status.json"):
@@ -86,10 +89,19 @@ def test_resume_after_interruption_continues_from_checkpoint(tmp_path: Path) -> 
 
 def test_failed_run_records_its_error(tmp_path: Path) -> None:
     config = _config(tmp_path, pretrained=str(tmp_path / "no-such-weights.safetensors"))
+    run = Path(config.output_dir)
+    run.mkdir()
+    (run / "train.log").write_text("=== job 1\n")  # a folder the job queue made: the app shows its status
     with pytest.raises(Exception, match="does not exist"):
         train(config)
-    status = read_json(Path(config.output_dir) / "status.json")
+    status = read_json(run / "status.json")
     assert status["state"] == "failed" and "no-such-weights" in status["error"]
+    # a folder this training made itself, and that holds nothing yet, is not left behind
+    fresh = _config(tmp_path, pretrained=str(tmp_path / "no-such-weights.safetensors"),
+                    output_dir=str(tmp_path / "fresh"))
+    with pytest.raises(Exception, match="does not exist"):
+        train(fresh)
+    assert not (tmp_path / "fresh").exists()
 
 
 @pytest.mark.parametrize("kwargs,match", [

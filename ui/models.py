@@ -28,8 +28,11 @@ def shipped_model_ready() -> bool:
 
 
 def ready_runs() -> list[dict]:
-    """Finished runs that can predict (newest first)."""
-    return [r for r in list_runs() if r["ready"] and r["state"] == "completed"]
+    """Runs whose weights are saved and not being rewritten (newest first).
+
+    A run killed after it saved its weights reads ``interrupted`` and can still predict.
+    """
+    return [r for r in list_runs() if r["ready"] and r["state"] != "running"]
 
 
 def queue_quick_model(spec: str, classes: Optional[str], dataset: DatasetSplits) -> Optional[jobs.Job]:

@@ -17,7 +17,7 @@ from emotion.images import ImageLoadError, load_image
 from emotion.inference import ImagePrediction, Predictor
 from emotion.runs import WEIGHTS_FILE
 
-MAX_UPLOAD_MB = 10  # per image; .streamlit/config.toml caps a transfer at 20 MB
+MAX_UPLOAD_MB = 10  # per image, explained in words; .streamlit/config.toml caps a transfer at 200 MB
 MAX_FILES = 24  # images classified per upload batch (the rest are listed, not classified)
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 # one colour per class index (boxes and label backgrounds); cycles past ten classes

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
+from emotion import paths
 from emotion.fileio import write_json
-from emotion.images import is_image_file
+from emotion.images import ImageLoadError, image_header, is_image_file, regular_file_problem
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class DatasetSplits:
     source: str  # "folder", "hes", "split-folder", "synthetic" or "hf"
     root: Optional[Path] = None
     notes: list[str] = field(default_factory=list)
+    # files with an image name that are no regular file (named pipes, devices, link loops): never
+    # opened, since reading a pipe blocks forever; {"file", "split", "class", "error"} each
+    skipped: list[dict] = field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per class for every split, classes in label order."""
@@ -95,19 +99,17 @@ class DatasetSplits:
         """Whether the split's images are single-channel (e.g. FER2013), judged from file headers.
 
         Runs record it so prediction can grey colour photos the way the model saw its faces.
-        Reads at most ``sample_size`` headers (a seeded sample); unreadable files are ignored.
+        Reads at most ``sample_size`` headers (a seeded sample); unreadable files (decompression
+        bombs, pipes, damaged headers) are ignored, never raised: this runs after training.
         """
-        from PIL import Image
-
         samples = list(self.splits.get(split, []))
         if len(samples) > sample_size:
             samples = random.Random(seed).sample(samples, sample_size)
         modes = []
         for sample in samples:
             try:
-                with Image.open(sample.path) as img:
-                    modes.append(img.mode)
-            except (OSError, ValueError):
+                modes.append(image_header(sample.path)[0])
+            except ImageLoadError:
                 continue
         return bool(modes) and all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
 
@@ -126,7 +128,8 @@ class DatasetSplits:
         }
         removed = sum(len(v) for v in self.splits.values()) - sum(len(v) for v in splits.values())
         notes = self.notes + ([f"excluded {removed} flagged image(s)"] if removed else [])
-        return DatasetSplits(self.name, list(self.classes), splits, self.source, self.root, notes)
+        return DatasetSplits(self.name, list(self.classes), splits, self.source, self.root, notes,
+                             list(self.skipped))
 
 
 def parse_classes(classes: Union[None, str, Sequence[str]]) -> Optional[list[str]]:
@@ -155,12 +158,18 @@ def _class_dirs(folder: Path) -> dict[str, Path]:
     return out
 
 
-def _iter_images(folder: Path) -> Iterable[Path]:
+def _iter_images(folder: Path, skipped: Optional[list[tuple[Path, str]]] = None) -> Iterable[Path]:
+    """Image files below ``folder``, sorted; non-regular ones go to ``skipped`` as (path, reason)."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if is_image_file(name):
-                yield Path(dirpath) / name
+                path = Path(dirpath) / name
+                problem = regular_file_problem(path)
+                if problem is None:
+                    yield path
+                elif skipped is not None:
+                    skipped.append((path, problem))
 
 
 def _find_child(folder: Path, names: Sequence[str]) -> Optional[Path]:
@@ -203,14 +212,19 @@ def _select_classes(found: Sequence[str], wanted: Optional[list[str]], where: Pa
     return [c if c in found else lower[c.lower()] for c in wanted]
 
 
-def _samples_from(folder: Path, classes: list[str]) -> list[Sample]:
+def _samples_from(folder: Path, classes: list[str], split: str = "",
+                  skipped: Optional[list[dict]] = None) -> list[Sample]:
     dirs = {name.lower(): path for name, path in _class_dirs(folder).items()}
     samples = []
     for label, name in enumerate(classes):
         path = dirs.get(name.lower())
         if path is None:
             continue
-        samples.extend(Sample(p, label) for p in _iter_images(path))
+        odd: list[tuple[Path, str]] = []
+        samples.extend(Sample(p, label) for p in _iter_images(path, odd))
+        if skipped is not None:
+            skipped.extend({"file": str(p), "split": split, "class": name, "error": f"{p}: {why}"}
+                           for p, why in odd)
     return samples
 
 
@@ -269,6 +283,7 @@ def load_folder_dataset(
         raise DatasetError(f"{root} is a file; point at the folder that holds the class folders")
     wanted = parse_classes(classes)
     notes: list[str] = []
+    skipped: list[dict] = []
     split_root = _find_split_root(root)
     if split_root is not None:
         train_dir = _find_child(split_root, TRAIN_NAMES)
@@ -287,8 +302,8 @@ def load_folder_dataset(
         if extra and wanted is None:
             notes.append(f"{eval_dir.name}/ classes {extra} are missing from train/ and ignored")
         splits = {
-            "train": _samples_from(train_dir, chosen),
-            eval_name: _samples_from(eval_dir, chosen),
+            "train": _samples_from(train_dir, chosen, "train", skipped),
+            eval_name: _samples_from(eval_dir, chosen, eval_name, skipped),
         }
         source = "hes" if split_root != root else "folder"
         data_root = split_root
@@ -306,7 +321,7 @@ def load_folder_dataset(
                 "or the Human Emotions Dataset folder."
             )
         chosen = _select_classes(found, wanted, root)
-        train, test = stratified_split(_samples_from(root, chosen), test_fraction, seed)
+        train, test = stratified_split(_samples_from(root, chosen, "train", skipped), test_fraction, seed)
         splits = {"train": train, "test": test}
         notes.append(f"no train/test folders: split stratified {1 - test_fraction:.0%}/"
                      f"{test_fraction:.0%} with seed {seed}")
@@ -314,8 +329,11 @@ def load_folder_dataset(
         data_root = root
     if not splits["train"]:
         raise DatasetError(f"the train split of {data_root} has no images for classes {chosen}")
+    if skipped:
+        notes.append(f"skipped {len(skipped)} file(s) that are not regular files, e.g. {skipped[0]['error']}")
+        logger.warning("%s: %s", data_root, notes[-1])
     name = (data_root.parent.name if data_root.name.lower() in TRAIN_NAMES else data_root.name)
-    return DatasetSplits(name or str(data_root), chosen, splits, source, data_root, notes)
+    return DatasetSplits(name or str(data_root), chosen, splits, source, data_root, notes, skipped)
 
 
 def default_cache_dir() -> Path:
@@ -353,9 +371,22 @@ def load_dataset_spec(
     if text.startswith(HF_PREFIX):
         from emotion.data.hub import load_hf_dataset
 
+        for local in ("imagefolder:", "disk:"):
+            if text[len(HF_PREFIX):].startswith(local):
+                check_data_root(Path(text[len(HF_PREFIX) + len(local):]))
         return load_hf_dataset(text[len(HF_PREFIX):], classes=classes, cache_dir=cache_dir,
                                test_fraction=test_fraction, seed=seed)
+    check_data_root(Path(text))
     return load_folder_dataset(text, classes=classes, test_fraction=test_fraction, seed=seed)
+
+
+def check_data_root(folder: Path) -> None:
+    """Refuse a dataset folder outside ``$EMOTION_DATA_ROOTS`` when that is set (public deployments)."""
+    if paths.outside_data_roots(folder):
+        allowed = ", ".join(str(r) for r in paths.data_roots())
+        raise DatasetError(f"{folder} is outside the dataset folders this server allows ({allowed}); "
+                           f"use a folder inside one of them, 'synthetic', or ask the operator to add it "
+                           f"to {paths.DATA_ROOTS_ENV}")
 
 
 def save_exclusions(path: Union[str, Path], files: Iterable[Union[str, Path]], reason: str) -> Path:

@@ -46,6 +46,11 @@ class AugmentationConfig:
     crop_scale_min: float = field(
         default=0.8, metadata={"help": "random-resized-crop minimum area fraction (1 = no crop)"}
     )
+    blur_sharpen: float = field(default=0.0, metadata={
+        "help": "probability of a random Gaussian blur or sharpening (0 = off): upscaled 48 px crops "
+                "look soft, downscaled photos sharp; this teaches the model to ignore the difference"})
+    erasing: float = field(default=0.0, metadata={
+        "help": "probability of erasing a random rectangle (occlusion by hands, glasses, hair; 0 = off)"})
 
     def __post_init__(self) -> None:
         if not 0 <= self.rotation_degrees <= 180:
@@ -56,6 +61,10 @@ class AugmentationConfig:
                 raise ValueError(f"{name} jitter must be in [0, 1), got {value}")
         if not 0.1 <= self.crop_scale_min <= 1.0:
             raise ValueError(f"crop_scale_min must be in [0.1, 1], got {self.crop_scale_min}")
+        for name in ("blur_sharpen", "erasing"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} is a probability and must be in [0, 1], got {value}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,7 +100,16 @@ def build_transform(
             ops.append(v2.RandomRotation(aug.rotation_degrees))
         if aug.brightness > 0 or aug.contrast > 0:
             ops.append(v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
+        if aug.blur_sharpen > 0:
+            sigma_max = max(0.2, size / 64)  # about one source pixel of a 48 px crop upscaled to ``size``
+            kernel = 2 * int(round(2 * sigma_max)) + 1
+            ops.append(v2.RandomApply([v2.RandomChoice([
+                v2.GaussianBlur(kernel, sigma=(0.1, sigma_max)),
+                v2.RandomAdjustSharpness(sharpness_factor=3.0, p=1.0),
+            ])], p=aug.blur_sharpen))
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(preprocess.mean), list(preprocess.std))]
+    if aug is not None and aug.erasing > 0:
+        ops.append(v2.RandomErasing(p=aug.erasing, scale=(0.02, 0.15), value=0))
     return v2.Compose(ops)
 
 

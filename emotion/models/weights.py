@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -69,6 +69,30 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
         )
     model.load_state_dict(usable, strict=False)
     logger.info("loaded %d/%d tensors from %s", len(usable), len(own), source)
+    zero_fresh_head(model, loaded=usable.keys())
+
+
+def zero_fresh_head(model: nn.Module, loaded: Iterable[str] = ()) -> None:
+    """Start a classifier head that no weights file filled at zero (BiT's fine-tuning recipe).
+
+    timm's EfficientNet init draws a 3-class head from +-1/sqrt(3), so a fresh
+    head gives logits around 5 and a first loss near 5 instead of ln 3: the
+    first steps then push large random gradients into the pretrained backbone.
+    A zero head starts at uniform probabilities and the backbone is changed
+    only once the head has learnt something.
+    """
+    get_classifier = getattr(model, "get_classifier", None)
+    head = get_classifier() if callable(get_classifier) else None
+    if not isinstance(head, nn.Linear):
+        return
+    prefix = next((name for name, module in model.named_modules() if module is head), None)
+    loaded = set(loaded)
+    if prefix is None or f"{prefix}.weight" in loaded:
+        return
+    with torch.no_grad():
+        head.weight.zero_()
+        if head.bias is not None:
+            head.bias.zero_()
 
 
 def map_in_order(state: dict[str, torch.Tensor], target: nn.Module,

@@ -67,6 +67,7 @@ def _build_timm(config: ModelConfig, num_classes: int, pretrained: Pretrained, *
                 raise WeightsNotFoundError("the Hub is unreachable (offline) and the local cache "
                                            f"has no timm/{tag}") from None
         model.load_state_dict(hub_model.state_dict())
+        W.zero_fresh_head(model)  # timm filled the backbone; the head it drew is random
         return f"hub:timm/{tag}"
 
     steps = [("Hugging Face cache/Hub", from_hub)]
