@@ -221,7 +221,8 @@ class PredictorConfig:
         "help": "MTCNN settings: thresholds, min_face_size, min_score, max_side"})
     margin: Optional[float] = field(default=None, metadata={
         "help": "context around each face as a fraction of its size; None: what the run was trained "
-                f"with, else {DEFAULT_MARGIN}"})
+                "with (face crops), else the run's config.json \"inference\": {\"margin\": ...} (how "
+                f"tightly its training images were framed), else {DEFAULT_MARGIN}"})
     align: bool = field(default=False, metadata={"help": "level the eyes before cropping"})
     whole_image: bool = field(default=False, metadata={
         "help": "no face found: classify the whole image (right for tight face crops such as FER)"})
@@ -316,9 +317,13 @@ class Predictor:
             loaded = runs.load_run(choice.path)
         if choice.reason != "given":
             logger.info("using run %s (%s)", choice.path, choice.reason)
+        inference = loaded.spec.get("inference") if isinstance(loaded.spec.get("inference"), dict) else {}
         margin = _run_margin(loaded.spec, loaded.path, loaded.config.input_size)
+        hinted = inference.get("margin")  # how tight the training images were framed (e.g. FER2013's crops)
+        if margin is None and isinstance(hinted, (int, float)) and not isinstance(hinted, bool):
+            margin = float(hinted)
         grayscale = bool((loaded.spec.get("data") or {}).get("grayscale"))
-        tta = bool((loaded.spec.get("inference") or {}).get("tta"))
+        tta = bool(inference.get("tta"))
         from emotion.evaluation import load_temperature
 
         fitted = load_temperature(loaded.path)  # a damaged temperature.json is named, not ignored

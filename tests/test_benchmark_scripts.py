@@ -100,3 +100,24 @@ def test_peer_models_run_under_litert_when_installed() -> None:
     for peer in ("fer", "facex"):
         probs = peers.peer_scorer(peer, ["angry", "happy", "sad"], threads=1).probs(faces)
         assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1)
+
+
+def test_fer_framing_turns_box_sizes_into_a_margin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emotion.faces import Face
+
+    script = _script("fer_framing")
+
+    class Boxes:  # MTCNN stand-in: a face box 0.8 of the (upscaled) image side
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def detect(self, img):
+            return [Face((10.0, 10.0, 10.0 + 0.8 * img.width, 10.0 + 0.8 * img.height), (), 0.99)]
+
+    monkeypatch.setattr(script, "FaceDetector", Boxes)
+    make_class_folders(tmp_path / "data" / "train", {"angry": 3, "happy": 3})
+    make_class_folders(tmp_path / "data" / "test", {"angry": 1, "happy": 1}, seed=1)
+    result = script.framing(str(tmp_path / "data"), None, sample=10, upscale=100, seed=0)
+    assert result["images"] == 6 and result["detected"] == 6  # training images only
+    assert result["side_over_box_median"] == pytest.approx(1.25)
+    assert result["margin"] == pytest.approx(0.125)

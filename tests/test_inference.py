@@ -446,3 +446,19 @@ def test_the_fitted_temperature_is_applied_unless_turned_off(run_dir: Path, astr
     write_json(calibrated / "temperature.json", {"temperature": -1})
     with pytest.raises(Exception, match="temperature"):
         Predictor.from_run(calibrated)
+
+
+def test_a_runs_framing_hint_sets_the_face_margin(run_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from emotion.inference import DEFAULT_MARGIN, PredictorConfig
+
+    hinted = tmp_path / "hinted"
+    shutil.copytree(run_dir, hinted)
+    spec = json.loads((hinted / "config.json").read_text())
+    spec["inference"] = {"margin": 0.0}
+    (hinted / "config.json").write_text(json.dumps(spec))
+    assert Predictor.from_run(run_dir).margin == DEFAULT_MARGIN
+    assert Predictor.from_run(hinted).margin == 0.0
+    assert Predictor.from_run(hinted, PredictorConfig(margin=0.3)).margin == 0.3  # the caller's choice wins
