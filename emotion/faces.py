@@ -46,9 +46,9 @@ CROP_CACHE_VERSION = 1
 FACES_CACHE_DIRNAME = "faces"
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 FaceChoice = Literal["largest", "most_confident"]
-PadMode = Literal["edge", "black"]
+PadMode = Literal["edge", "black", "shift"]
 FACE_CHOICES: tuple[str, ...] = ("largest", "most_confident")
-PAD_MODES: tuple[str, ...] = ("edge", "black")
+PAD_MODES: tuple[str, ...] = ("edge", "black", "shift")
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
@@ -274,7 +274,8 @@ class CropConfig:
     face: FaceChoice = field(default="largest", metadata={
         "help": "which face to crop when several are found: 'largest' or 'most_confident'"})
     pad: PadMode = field(default="edge", metadata={
-        "help": "fill for crop parts outside the image: 'edge' (repeat border pixels) or 'black'"})
+        "help": "fill for crop parts outside the image: 'edge' (repeat border pixels), 'black', or "
+                "'shift' (move the square inside the image where it fits, then repeat border pixels)"})
     detector: DetectorConfig = field(default_factory=DetectorConfig, metadata={
         "help": "MTCNN settings"})
 
@@ -475,7 +476,10 @@ def _square_region(img: Image.Image, cx: float, cy: float, side: int, angle: flo
         if left >= w or top >= h or left + side <= 0 or top + side <= 0:
             raise ValueError(f"crop square ({left}, {top}, {left + side}, {top + side}) lies outside "
                              f"the {w}x{h} image; check the face box")
-        if pad == "edge":
+        if pad == "shift":  # no made-up border where the image itself has pixels to show
+            left = min(max(left, 0), w - side) if side <= w else left
+            top = min(max(top, 0), h - side) if side <= h else top
+        if pad in ("edge", "shift"):
             img, ox, oy = _pad_to_cover(img, left, top, left + side, top + side)
             left, top = left + ox, top + oy
         return img.crop((left, top, left + side, top + side))  # PIL fills outside with black
@@ -484,7 +488,7 @@ def _square_region(img: Image.Image, cx: float, cy: float, side: int, angle: flo
     cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     half = side / 2.0
     ext = half * (abs(cos) + abs(sin))  # half-width of the rotated square's bounding box
-    if pad == "edge":
+    if pad in ("edge", "shift"):  # a rotated square is not shifted: its corners would leave the image
         img, ox, oy = _pad_to_cover(img, cx - ext, cy - ext, cx + ext, cy + ext)
         cx, cy = cx + ox, cy + oy
     coeffs = (cos, -sin, cx - cos * half + sin * half,
@@ -510,7 +514,9 @@ def crop_face(
     """Square crop centred on ``face.box``, its longer side plus ``margin`` of it on every side.
 
     Where the square runs off the image it is padded (``pad='edge'`` repeats
-    the border pixels, ``'black'`` fills zeros), so the face stays centred.
+    the border pixels, ``'black'`` fills zeros), so the face stays centred;
+    ``'shift'`` first moves the square inside the image where it fits (the
+    face then sits off centre, but no made-up pixels enter the crop).
     ``align=True`` rotates about the eye midpoint so the eyes are level (needs
     landmarks).  ``size`` resizes the square to ``size`` x ``size``.
     """

@@ -41,6 +41,7 @@ from emotion.faces import (
     DetectorConfig,
     Face,
     FaceDetector,
+    PAD_MODES,
     MissPolicy,
     crop_face,
     draw_faces,
@@ -224,6 +225,9 @@ class PredictorConfig:
                 "with (face crops), else the run's config.json \"inference\": {\"margin\": ...} (how "
                 f"tightly its training images were framed), else {DEFAULT_MARGIN}"})
     align: bool = field(default=False, metadata={"help": "level the eyes before cropping"})
+    pad: str = field(default="edge", metadata={
+        "help": "a face at the image border: pad the square with 'edge' pixels or 'black', or 'shift' it "
+                "inside the image where it fits (no made-up pixels; the face then sits off centre)"})
     whole_image: bool = field(default=False, metadata={
         "help": "no face found: classify the whole image (right for tight face crops such as FER)"})
     grayscale: Optional[bool] = field(default=None, metadata={
@@ -250,6 +254,8 @@ class PredictorConfig:
         if self.margin is not None and (isinstance(self.margin, bool)
                                         or not 0.0 <= float(self.margin) <= 2.0):
             raise ValueError(f"margin={self.margin!r} must be None or between 0 and 2")
+        if self.pad not in PAD_MODES:
+            raise ValueError(f"pad={self.pad!r} must be one of {', '.join(PAD_MODES)}")
         if self.max_faces is not None and (isinstance(self.max_faces, bool) or int(self.max_faces) < 1):
             raise ValueError(f"max_faces={self.max_faces!r} must be None or at least 1")
         try:
@@ -363,7 +369,8 @@ class Predictor:
         if face is None:
             out = fallback_crop(img, MissPolicy.WHOLE, size=self.input_size)
         else:
-            out = crop_face(img, face, margin=self.margin, size=self.input_size, align=self.config.align)
+            out = crop_face(img, face, margin=self.margin, size=self.input_size, align=self.config.align,
+                            pad=self.config.pad)
         if out is None:  # fallback_crop gives None only for MissPolicy.SKIP
             raise ValueError("no crop for this image")
         return out.convert("L").convert("RGB") if self.grayscale else out

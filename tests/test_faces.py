@@ -452,3 +452,19 @@ def test_crop_dataset_uses_the_default_cache_dir(face_dataset: Path, tmp_path: P
     ds = load_folder_dataset(face_dataset, classes="happy")
     cropped, _ = crop_dataset(ds, CropConfig(size=32))
     assert all((tmp_path / "envcache" / "faces") in s.path.parents for s in cropped.train)
+
+
+def test_shift_keeps_a_border_face_crop_inside_the_image() -> None:
+    """A face at the edge: 'shift' moves the square in instead of inventing border pixels."""
+    from emotion.faces import Face, crop_face
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (100, 120, 3), dtype=np.uint8))
+    face = Face((-10.0, 20.0, 40.0, 70.0), (), 0.99)  # runs off the left edge
+    shifted = np.asarray(crop_face(img, face, margin=0.0, pad="shift"))
+    assert shifted.shape == (50, 50, 3)
+    np.testing.assert_array_equal(shifted, np.asarray(img)[20:70, 0:50])  # real pixels only
+    edge = np.asarray(crop_face(img, face, margin=0.0, pad="edge"))
+    assert (edge[:, 0] == edge[:, 9]).all()  # the repeated border column the shift avoids
+    big = Face((0.0, 0.0, 120.0, 100.0), (), 0.99)  # larger than the image's short side: padded as before
+    assert crop_face(img, big, margin=0.2, pad="shift").size == (168, 168)
