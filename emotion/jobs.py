@@ -61,7 +61,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 from emotion import paths
 from emotion.fileio import read_json_or_none, write_json
-from emotion.processes import proc_stat
+from emotion.processes import proc_stat, reap
 
 try:  # POSIX
     import fcntl
@@ -171,17 +171,11 @@ def quick_train_config(data: str, classes: Optional[str], train_images: int,
 
 # ----------------------------------------------------------------------------- processes
 
-def _reap(pid: int) -> None:
-    """Collect ``pid`` if it is our exited child (else a zombie would look alive)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def group_alive(pgid: Optional[int]) -> bool:
     """Whether any live (non-zombie) process is in process group ``pgid``."""
     if not pgid:
         return False
-    _reap(pgid)
+    reap(pgid)
     if Path("/proc/self/stat").exists():
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():

@@ -13,8 +13,9 @@ deployments where a browser user must not read arbitrary server folders.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
+
+from emotion.names import slug
 
 DATA_ROOTS_ENV = "EMOTION_DATA_ROOTS"
 RUNS_DIR_ENV = "EMOTION_RUNS_DIR"
@@ -43,8 +44,7 @@ def exclusions_dir() -> Path:
 
 def exclusion_file(dataset_name: str) -> Path:
     """The exclusion list of one dataset (by its name, e.g. ``fer2013`` or ``synthetic``)."""
-    stem = re.sub(r"[^A-Za-z0-9_.+=-]+", "_", Path(dataset_name).name or dataset_name).strip("_.")
-    return exclusions_dir() / f"{stem or 'dataset'}.json"
+    return exclusions_dir() / f"{slug(Path(dataset_name).name or dataset_name, fallback='dataset')}.json"
 
 
 def default_model_dir() -> Path:

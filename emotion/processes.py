@@ -31,12 +31,17 @@ def proc_stat(pid: int) -> Optional[tuple[str, int]]:
     return fields[0], int(fields[2])
 
 
+def reap(pid: int) -> None:
+    """Collect ``pid`` if it is our exited child (else a zombie would look alive)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def pid_alive(pid: Optional[int]) -> bool:
     """Whether a live (non-zombie) process has this pid on this machine."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # our own exited child would otherwise look alive as a zombie
+    reap(pid)
     if Path("/proc/self/stat").exists():
         stat = proc_stat(pid)
         return stat is not None and stat[0] not in ("Z", "X")

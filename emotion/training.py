@@ -285,10 +285,9 @@ def prepare_data(config: TrainConfig, splits: DatasetSplits, input_size: int, pr
     if len(train) == 0 or len(val) == 0:
         raise DatasetError(f"not enough readable images to train: {len(train)} train, {len(val)} validation")
     skipped.update({d["file"]: d["error"] for d in splits.skipped})  # pipes, devices, link loops
-    # judged before training, from the readable training images only, so it cannot fail afterwards
-    readable = DatasetSplits(splits.name, list(splits.classes), {"train": train.samples}, splits.source)
+    # judged before training (it ignores unreadable headers), so nothing after training can fail on it
     return PreparedData(splits, train, val, test, skipped, val_source,
-                        face_report.to_dict() if face_report else None, readable.is_grayscale())
+                        face_report.to_dict() if face_report else None, splits.is_grayscale())
 
 
 TRAIN_CONFIG_FILE = "train_config.json"
