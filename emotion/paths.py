@@ -56,6 +56,19 @@ def default_model_dir() -> Path:
     return Path(env).expanduser() if env else DEFAULT_MODEL_DIR
 
 
+def shipped_model_dirs() -> dict[str, Path]:
+    """The models that ship with the project, by name: ``default`` (angry, happy, sad) and ``fer7``
+    (FER2013's seven classes), which sits beside the default model's folder."""
+    default = default_model_dir()
+    return {"default": default, "fer7": default.parent / "fer7"}
+
+
+def is_shipped_model(folder: Path) -> bool:
+    """Whether ``folder`` is one of the shipped models (evaluating them writes nothing unless asked)."""
+    target = Path(folder).expanduser().resolve()
+    return any(target == d.expanduser().resolve() for d in shipped_model_dirs().values())
+
+
 def data_roots() -> list[Path]:
     """The folders datasets must lie in (``$EMOTION_DATA_ROOTS``), resolved; empty: anywhere."""
     env = os.environ.get(DATA_ROOTS_ENV, "")

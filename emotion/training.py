@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from emotion.data.sources import (
 from emotion.data.transforms import AugmentationConfig, build_transform
 from emotion.fileio import read_json_or_none
 from emotion.models import create_model, get_model_config
-from emotion.models.registry import count_parameters
+from emotion.models.registry import count_parameters, logits_of
 from emotion.models.weights import SCRATCH
 from emotion.names import child_folder, safe_name
 
@@ -82,6 +82,13 @@ class TrainConfig:
         "help": "augmentation: probability of a random blur or sharpening (0 = off)"})
     erasing: float = field(default=0.0, metadata={
         "help": "augmentation: probability of erasing a random rectangle (0 = off)"})
+    distill_from: Optional[str] = field(default=None, metadata={
+        "help": "knowledge distillation: a run folder (a trained run or an ensemble) with the same labels whose "
+                "probabilities on each augmented batch the model also learns"})
+    distill_weight: float = field(default=0.5, metadata={
+        "help": "distillation: share of the loss that comes from the teacher (the rest: the labels)"})
+    distill_temperature: float = field(default=2.0, metadata={
+        "help": "distillation: softmax temperature of teacher and student in the teacher's term"})
     val_fraction: float = field(default=0.1, metadata={"help": "stratified validation share of train "
                                                                "(when the data has no val split)"})
     early_stopping_patience: int = field(default=3, metadata={"help": "evaluations without improvement "
@@ -120,6 +127,13 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if not 0 < self.distill_temperature <= 20:
+            raise ValueError(f"distill_temperature must be in (0, 20], got {self.distill_temperature}")
+        if self.distill_from is not None and not (Path(self.distill_from) / runs.CONFIG_FILE).is_file():
+            raise ValueError(f"distill_from={self.distill_from!r} is not a run folder (no {runs.CONFIG_FILE}); "
+                             "name a trained run or an ensemble")
         if not 0 < self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.report_to not in TRACKERS:
@@ -187,22 +201,72 @@ def _make_trainer_class():
     from transformers import Trainer
 
     class EmotionTrainer(Trainer):
-        """Trainer whose loss is class-weighted, label-smoothed cross-entropy on plain logits."""
+        """Trainer whose loss is class-weighted, label-smoothed cross-entropy on plain logits,
+        plus, with a ``teacher``, Hinton et al.'s distillation term on the same augmented batch."""
 
         def __init__(self, *args: Any, class_weights: Optional[torch.Tensor] = None,
-                     label_smoothing: float = 0.0, **kwargs: Any) -> None:
+                     label_smoothing: float = 0.0, teacher: Optional["Teacher"] = None,
+                     **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.class_weights = class_weights
             self.label_smoothing = label_smoothing
+            self.teacher = teacher
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             logits = model(inputs["pixel_values"])
             weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
             loss = F.cross_entropy(logits.float(), inputs["labels"], weight=weight,
                                    label_smoothing=self.label_smoothing)
+            if self.teacher is not None and model.training:  # validation scores the labels alone
+                loss = self.teacher.blend(loss, logits.float(), inputs["pixel_values"])
             return (loss, {"logits": logits}) if return_outputs else loss
 
     return EmotionTrainer
+
+
+class Teacher:
+    """A trained run whose softened probabilities the student also learns (knowledge distillation).
+
+    The student's normalised batch is mapped back to [0, 1] images and
+    re-prepared for the teacher (its own input size, mean and std), so a
+    teacher trained at another resolution, or an ensemble, can teach.
+    """
+
+    def __init__(self, run_dir: Union[str, Path], labels: list[str], student_preprocess: Any,
+                 weight: float, temperature: float) -> None:
+        loaded = runs.load_run(run_dir)
+        if list(loaded.labels) != list(labels):
+            raise DatasetError(f"the teacher {run_dir} predicts {loaded.labels}, the run trains {labels}: "
+                               "distillation needs the same classes in the same order")
+        self.module = loaded.module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.path, self.weight, self.temperature = Path(run_dir), float(weight), float(temperature)
+        self.size = loaded.config.input_size
+        self._student = (torch.tensor(student_preprocess.mean).view(1, 3, 1, 1),
+                         torch.tensor(student_preprocess.std).view(1, 3, 1, 1))
+        self._teacher = (torch.tensor(loaded.config.mean).view(1, 3, 1, 1),
+                         torch.tensor(loaded.config.std).view(1, 3, 1, 1))
+
+    @torch.no_grad()
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for a batch prepared for the student."""
+        self.module.to(pixel_values.device)
+        (sm, ss), (tm, ts) = [(m.to(pixel_values.device), s.to(pixel_values.device))
+                              for m, s in (self._student, self._teacher)]
+        images = pixel_values.float() * ss + sm
+        if images.shape[-1] != self.size:
+            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                   antialias=True)
+        return logits_of(self.module((images - tm) / ts)).float()
+
+    def blend(self, label_loss: torch.Tensor, student_logits: torch.Tensor,
+              pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(1 - w) * label loss + w * T^2 * KL(teacher || student)`` at temperature T."""
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(self.logits(pixel_values) / t, -1),
+                        reduction="batchmean", log_target=True) * (t * t)
+        return (1.0 - self.weight) * label_loss + self.weight * soft
 
 
 def _progress_callback(run_dir: Path):
@@ -545,6 +609,8 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
         model=built.module, args=args, train_dataset=data.train, eval_dataset=data.val,
         data_collator=_collate(channels_last), compute_metrics=compute_metrics, callbacks=callbacks,
         class_weights=weights, label_smoothing=config.label_smoothing,
+        teacher=(Teacher(config.distill_from, labels, model_cfg.preprocess, config.distill_weight,
+                         config.distill_temperature) if config.distill_from else None),
     )
     if trainer.is_world_process_zero():
         runs.write_json(run_dir / TRAIN_CONFIG_FILE, config.to_dict())

@@ -17,6 +17,7 @@ from emotion.data.sources import load_exclusions
 from emotion.models import get_model_config, list_models
 from emotion.training import TRACKERS, TrainConfig
 from ui.charts import curves_figure
+from ui.models import teacher_choices
 from ui.state import active_spec, dataset_sidebar
 
 st.set_page_config(page_title="Train · Emotion Studio", page_icon="🏋️", layout="wide")
@@ -113,6 +114,15 @@ else:
                 key="train_exclusions",
                 help=(f"{len(load_exclusions(exclusions))} file(s) listed in {exclusions} by the EDA page"
                       if exclusions.exists() else "the EDA page's audit writes an exclusion list"))
+        with st.expander("Distillation (learn from a trained model too)"):
+            teachers = teacher_choices()
+            d1, d2, d3 = st.columns([2, 1, 1])
+            teacher = d1.selectbox("Teacher run", ["none", *teachers], key="train_teacher",
+                                   help=HELP["distill_from"] + " (its classes must be this run's, in order)")
+            distill_weight = d2.number_input("Teacher's share of the loss", 0.0, 1.0, DEFAULTS.distill_weight,
+                                             0.05, key="train_distill_weight", help=HELP["distill_weight"])
+            distill_t = d3.number_input("Temperature", 0.1, 20.0, DEFAULTS.distill_temperature, 0.5,
+                                        key="train_distill_t", help=HELP["distill_temperature"])
         submitted = st.form_submit_button("Queue run", type="primary")
 
     if submitted:
@@ -126,6 +136,8 @@ else:
                 early_stopping_patience=int(patience), from_scratch=from_scratch or scratch_only,
                 report_to=tracker, seed=int(seed), run_name=run_name.strip() or None, face_crop=face_crop,
                 exclude_file=str(exclusions.resolve()) if use_exclusions and exclusions.exists() else None,
+                distill_from=str(teachers[teacher]) if teacher != "none" else None,
+                distill_weight=float(distill_weight), distill_temperature=float(distill_t),
             )
             job = _queue().submit(config)
         except (ValueError, OSError) as exc:  # TrainConfig and JobError both explain themselves

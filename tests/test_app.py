@@ -181,6 +181,20 @@ def test_train_page_queues_a_run_that_trains_in_the_background() -> None:
     assert len(at.get("plotly_chart")) == 2  # loss and accuracy curves
 
 
+def test_train_page_queues_a_distillation_from_a_trained_run() -> None:
+    teacher = save_tiny_run(paths.runs_dir() / "teacher-vit", "vit_custom")
+    at = _page("2_Train", dataset_spec=TINY)
+    at.selectbox(key="train_model").set_value("vit_custom").run()
+    assert at.selectbox(key="train_teacher").options == ["none", "teacher-vit"]
+    at.selectbox(key="train_teacher").set_value("teacher-vit")
+    at.number_input(key="train_distill_weight").set_value(0.7)
+    at.number_input(key="train_max_steps").set_value(2)
+    _button(at, "Queue run").click().run()
+    assert not at.exception, at.exception
+    (job,) = jobs.JobQueue().jobs()
+    assert Path(job.config["distill_from"]) == teacher and job.config["distill_weight"] == 0.7
+
+
 def test_train_page_shows_a_failed_run_with_its_error_and_log(tmp_path: Path) -> None:
     data = make_class_folders(tmp_path / "gone", {"angry": 4, "happy": 4, "sad": 4})
     at = _page("2_Train", dataset_spec=str(data))
@@ -314,6 +328,33 @@ def test_predict_page_says_which_run_and_classifies_uploads(tiny_model: Path) ->
     assert at.toggle(key="predict_whole").value is True
     assert any("whole image" in i.value for i in at.info)
     assert len(at.get("progress")) == 6  # now the blank image has its bars too
+
+
+def test_predict_page_offers_the_shipped_seven_class_model(tiny_model: Path, tmp_path: Path) -> None:
+    fer7 = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+    save_tiny_run(tmp_path / "fer7", "vit_custom", labels=fer7)  # beside the (absent) default model
+    at = _page("4_Predict")
+    picker = at.selectbox(key="predict_run")
+    assert "shipped: fer7 · vit_custom 32px · 7 classes" in picker.options
+    assert picker.index == 0  # the automatic choice stays the default
+    picker.select_index(picker.options.index("shipped: fer7 · vit_custom 32px · 7 classes")).run()
+    assert not at.exception, at.exception
+    assert any("**fer7**" in c.value and "a shipped model" in c.value and "surprise" in c.value
+               for c in at.caption)
+    at.file_uploader(key="predict_files").set_value([("astronaut.png", _png(ASTRONAUT), "image/png")]).run()
+    assert len(at.get("progress")) == 7  # one bar per class of the chosen model
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_predict_page_runs_the_classifier_with_onnxruntime_when_asked(tiny_model: Path) -> None:
+    at = _page("4_Predict")
+    at.radio(key="predict_backend").set_value("onnx").run()
+    assert not at.exception, at.exception
+    assert any("run by onnxruntime" in c.value for c in at.caption)
+    at.file_uploader(key="predict_files").set_value([("astronaut.png", _png(ASTRONAUT), "image/png")]).run()
+    assert not at.exception, at.exception
+    assert "**astronaut.png** · 512×512 · 1 face" in _texts(at)
+    assert len(at.get("progress")) == 3
 
 
 def test_predict_page_run_choice_and_webcam_modes(tiny_model: Path) -> None:

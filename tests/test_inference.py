@@ -208,6 +208,20 @@ def test_run_resolution_default_then_best_validation_accuracy(tmp_path: Path) ->
         resolve_run(runs_dir=tmp_path / "empty", default_dir=tmp_path / "none")
 
 
+def test_shipped_models_can_be_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emotion import paths
+
+    monkeypatch.chdir(tmp_path)  # no folder called fer7 here
+    monkeypatch.setenv(paths.DEFAULT_MODEL_ENV, str(tmp_path / "models" / "default"))
+    with pytest.raises(RunError, match="shipped models can be named: default, fer7"):
+        resolve_run("fer7")
+    _save_run(tmp_path / "models" / "fer7")
+    choice = resolve_run("fer7")
+    assert choice.path == tmp_path / "models" / "fer7" and choice.reason == "given"
+    assert paths.is_shipped_model(tmp_path / "models" / "fer7")
+    assert not paths.is_shipped_model(tmp_path / "models")
+
+
 # --------------------------------------------------------------------------- video
 
 

@@ -107,7 +107,8 @@ def test_failed_run_records_its_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kwargs,match", [
     ({"model": "nope"}, "unknown model"), ({"batch_size": 0}, "batch_size"),
     ({"report_to": "comet"}, "report_to"), ({"brightness": 2.0}, "brightness"),
-    ({"val_fraction": 0.9}, "val_fraction"),
+    ({"val_fraction": 0.9}, "val_fraction"), ({"distill_weight": 1.5}, "distill_weight"),
+    ({"distill_temperature": 0}, "distill_temperature"), ({"distill_from": "/no/such/run"}, "not a run folder"),
 ])
 def test_config_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -204,3 +205,48 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path: Path) -> No
             train(config)
     assert read_json(run_dir / "status.json") == {"state": "running", "pid": 4242}  # untouched
     assert train(config)["epochs_completed"] > 0  # free again once the holder let go
+
+
+# ----------------------------------------------------------------------------- distillation
+
+
+def test_teacher_term_is_zero_when_student_agrees_and_the_teacher_sees_its_own_preprocessing(
+        tmp_path: Path) -> None:
+    import torch
+
+    from conftest import save_tiny_run
+    from emotion.data.transforms import PreprocessConfig
+    from emotion.training import Teacher
+
+    run = save_tiny_run(tmp_path / "teacher", "vit_custom")  # 32 px, ImageNet mean/std
+    student = PreprocessConfig(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    teacher = Teacher(run, ["angry", "happy", "sad"], student, weight=0.25, temperature=2.0)
+    images = torch.rand(3, 3, 64, 64)
+    x = (images - 0.5) / 0.5  # the student's batch
+    loaded = load_run(run)
+    mean, std = torch.tensor(loaded.config.mean).view(1, 3, 1, 1), torch.tensor(loaded.config.std).view(1, 3, 1, 1)
+    small = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False,
+                                            antialias=True)
+    with torch.no_grad():
+        expected = loaded.module((small - mean) / std)
+    assert torch.allclose(teacher.logits(x), expected, atol=1e-5)  # mapped back and re-prepared
+    label_loss = torch.tensor(0.8)
+    assert float(teacher.blend(label_loss, expected, x)) == pytest.approx(0.75 * 0.8, abs=1e-5)
+    confident = torch.tensor([[6.0, -6.0, 0.0]]).repeat(3, 1)  # a student sure of "angry"
+    assert float(teacher.blend(label_loss, confident, x)) > 0.75 * 0.8 + 0.05  # disagreement costs
+    with pytest.raises(Exception, match="same classes in the same order"):
+        Teacher(run, ["happy", "angry", "sad"], student, 0.5, 2.0)
+
+
+def test_distillation_trains_and_is_recorded(tmp_path: Path) -> None:
+    from conftest import save_tiny_run
+
+    teacher = save_tiny_run(tmp_path / "teacher", "vit_custom")
+    config = _config(tmp_path, model="vit_custom", from_scratch=True, max_steps=4, distill_from=str(teacher),
+                     distill_weight=0.7)
+    train(config)
+    recorded = read_json(Path(config.output_dir) / "config.json")["train_config"]
+    assert recorded["distill_from"] == str(teacher) and recorded["distill_weight"] == 0.7
+    assert len(_losses(Path(config.output_dir))) >= 1
+    assert cli_main(["train", "--data", DATA, "--model", "vit_custom", "--from-scratch", "--max-steps", "2",
+                     "--distill-from", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "x")]) == 2

@@ -15,7 +15,7 @@ import streamlit as st
 
 from emotion import jobs, paths
 from emotion.data.sources import DatasetSplits
-from emotion.inference import Predictor, RunChoice, get_predictor, resolve_run
+from emotion.inference import Predictor, PredictorConfig, RunChoice, get_predictor, resolve_run
 from emotion.runs import RunError, describe_run, list_runs
 
 AUTO = "automatic"
@@ -27,12 +27,33 @@ def shipped_model_ready() -> bool:
     return bool(info and info["ready"] and info["state"] == "completed")
 
 
+def shipped_extras() -> dict[str, Path]:
+    """Shipped models besides the default one (e.g. ``fer7``) that are complete, by name."""
+    out = {}
+    for name, folder in paths.shipped_model_dirs().items():
+        info = describe_run(folder) if name != "default" and folder.is_dir() else None
+        if info and info["ready"] and info["state"] == "completed":
+            out[name] = folder
+    return out
+
+
 def ready_runs() -> list[dict]:
     """Runs whose weights are saved and not being rewritten (newest first).
 
     A run killed after it saved its weights reads ``interrupted`` and can still predict.
     """
     return [r for r in list_runs() if r["ready"] and r["state"] != "running"]
+
+
+def teacher_choices() -> dict[str, Path]:
+    """Models a new run can learn from (distillation): the shipped ones and every ready run, by name."""
+    out = {}
+    for name, folder in paths.shipped_model_dirs().items():
+        info = describe_run(folder) if folder.is_dir() else None
+        if info and info["ready"]:
+            out[f"shipped: {name}"] = folder
+    out.update({r["name"]: Path(r["path"]) for r in ready_runs()})
+    return out
 
 
 def queue_quick_model(spec: str, classes: Optional[str], dataset: DatasetSplits) -> Optional[jobs.Job]:
@@ -92,11 +113,16 @@ def run_picker(key: str) -> Optional[RunChoice]:
     Returns None (after saying why) when there is no model at all.
     """
     runs = ready_runs()
-    names = [AUTO] + [r["name"] for r in runs]
+    extras = {f"shipped: {name}": folder for name, folder in shipped_extras().items()}
+    names = [AUTO] + list(extras) + [r["name"] for r in runs]
     by_name = {r["name"]: r for r in runs}
     shipped = shipped_model_ready()
 
     def label(name: str) -> str:
+        if name in extras:
+            info = describe_run(extras[name]) or {}
+            labels = info.get("labels") or []
+            return f"{name} · {info.get('model')} {info.get('input_size') or ''}px · {len(labels)} classes"
         if name != AUTO:
             r = by_name[name]
             return f"{name} · {r['model']} {r['input_size'] or ''}px"
@@ -109,6 +135,8 @@ def run_picker(key: str) -> Optional[RunChoice]:
                         help="Which trained model answers. Automatic: the shipped model in "
                              "checkpoints/default, else the finished run with the best validation accuracy.")
     try:
+        if name in extras:
+            return RunChoice(extras[name], "shipped")
         return resolve_run(None if name == AUTO else by_name[name]["path"])
     except RunError as exc:
         if name != AUTO:
@@ -122,34 +150,38 @@ def run_picker(key: str) -> Optional[RunChoice]:
 
 def describe_choice(choice: RunChoice, predictor: Predictor) -> str:
     """One line saying which model answers and why."""
-    why = {"given": "chosen above", "default": "the shipped model"}.get(choice.reason, choice.reason)
+    why = {"given": "chosen above", "default": "the shipped model",
+           "shipped": "a shipped model, chosen above"}.get(choice.reason, choice.reason)
     cfg = predictor.model_config
     grey = " · faces greyed as in its training data" if getattr(predictor, "grayscale", False) else ""
     mirror = " · each face averaged with its mirror image" if getattr(predictor, "tta", False) else ""
+    onnx = " · run by onnxruntime" if predictor.config.backend == "onnx" else ""
     return (f"Model: **{Path(choice.path).name}** (`{choice.path}`) · {cfg.name} at {cfg.input_size} px · "
-            f"classes {', '.join(predictor.labels)}{grey}{mirror} · {why}")
+            f"classes {', '.join(predictor.labels)}{grey}{mirror}{onnx} · {why}")
 
 
-def load_predictor(choice: RunChoice) -> Optional[Predictor]:
-    """The shared predictor of a run (loaded once per run and weights version); errors are shown."""
+def load_predictor(choice: RunChoice, backend: str = "torch") -> Optional[Predictor]:
+    """The shared predictor of a run (loaded once per run, weights version and backend); errors are shown."""
     try:
-        with st.spinner(f"Loading {Path(choice.path).name}…"):
-            predictor = get_predictor(choice.path)
+        spinner = f"Loading {Path(choice.path).name}" + (
+            " (the first onnx load exports the network, a few seconds)…" if backend == "onnx" else "…")
+        with st.spinner(spinner):
+            predictor = get_predictor(choice.path, PredictorConfig(backend=backend))
     except Exception as exc:  # noqa: BLE001 - a damaged run folder explains itself
         st.error(f"Cannot load `{choice.path}`: {exc}")
         return None
     return predictor
 
 
-def pick_model(dataset: Optional[DatasetSplits], spec: str, classes: Optional[str], key: str
-               ) -> Optional[Predictor]:
+def pick_model(dataset: Optional[DatasetSplits], spec: str, classes: Optional[str], key: str,
+               backend: str = "torch") -> Optional[Predictor]:
     """Run picker plus loading; without any model, the quick-model flow.  None: nothing to use yet."""
     choice = run_picker(key)
     if choice is None:
         if not ready_runs() and not shipped_model_ready():
             model_status(dataset, spec, classes, key=f"{key}_quick")
         return None
-    predictor = load_predictor(choice)
+    predictor = load_predictor(choice, backend)
     if predictor is not None:
         st.caption(describe_choice(choice, predictor))
     return predictor
