@@ -18,7 +18,6 @@ import os
 import platform
 import typing
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -33,6 +32,7 @@ from emotion.data.sources import (
     load_dataset_spec,
     parse_classes,
 )
+from emotion.fileio import utc_now
 from emotion.models import get_model_config, list_models
 from emotion.models.registry import ModelError
 from emotion.names import slug
@@ -344,7 +344,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     if ENSEMBLE in config.models:
         rows.append(_ensemble_row(config, trained, splits, cache, details))
     doc = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
         "data": {"spec": config.data, **splits.describe(), "split": config.split},
         "classes": list(splits.classes),
         "columns": columns(splits.classes),

@@ -23,7 +23,6 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -44,6 +43,7 @@ from emotion.data.sources import (
     validation_holdout,
 )
 from emotion.data.transforms import build_transform
+from emotion.fileio import utc_now
 from emotion.models.registry import ModelConfig, ModelError, count_parameters, logits_of
 from emotion.names import slug
 
@@ -552,10 +552,6 @@ def load_temperature(run_dir: Union[str, Path]) -> Optional[dict]:
 
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _write_into_run(run_dir: Path, relative: str, data: Any) -> Optional[Path]:
     """Store a result in the run folder; a read-only folder (a shipped model) is a warning, not a failure."""
     path = run_dir / relative
@@ -588,7 +584,7 @@ def fit_run_temperature(run: Union[str, Path, runs.LoadedRun], data: Union[str, 
         "tta": tta,
         "fitted_on": {"data": ev.spec, "root": str(ev.splits.root) if ev.splits.root else None,
                       "split": ev.description, "images": len(ds), "skipped_unreadable": len(skipped)},
-        "created": _now(),
+        "created": utc_now(),
     }
     logger.info("temperature %.3f on %d validation images (NLL %.4f -> %.4f)", temperature, len(ds),
                 record["nll_before"], record["nll_after"])
@@ -649,7 +645,7 @@ def evaluate_run(run: Union[str, Path, runs.LoadedRun], data: Union[str, Path, D
         result["speed"] = {**measure_latency(run.module, size, latency_repeats, device=device),
                            **measure_throughput(run.module, size, throughput_batch, device=device)}
     result["notes"] = notes
-    result["created"] = _now()
+    result["created"] = utc_now()
     if save:
         name = f"{slug(ev.splits.name)}-{split}{'-tta' if tta else ''}.json"
         saved = _write_into_run(run.path, f"{EVALUATIONS_DIR}/{name}", result)
@@ -778,7 +774,7 @@ def create_ensemble(members: Sequence[Union[str, Path]], output_dir: Union[str, 
     out = runs.save_ensemble(output_dir, members, list(weights) if weights is not None else None)
     config = runs.read_json(out / runs.CONFIG_FILE)
     config["weights_fit"] = fit or {"method": "given" if weights is not None else "equal weights"}
-    config["created"] = _now()
+    config["created"] = utc_now()
     runs.write_json(out / runs.CONFIG_FILE, config)
     return {"run_dir": str(out), "members": [str(m) for m in members], "weights": config["weights"],
             "weights_fit": config["weights_fit"]}

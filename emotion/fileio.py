@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -67,3 +68,8 @@ def read_json_or_none(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second: the timestamp every written record carries."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from emotion import paths
-from emotion.fileio import read_json_or_none, write_json
+from emotion.fileio import read_json_or_none, utc_now, write_json
 from emotion.processes import proc_stat, reap
 
 try:  # POSIX
@@ -91,10 +91,6 @@ LOG_TAIL_LINES = 40
 
 class JobError(ValueError):
     """A job operation cannot be done as asked; the message says why."""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -444,7 +440,7 @@ class JobQueue:
             job_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
             record = {"id": job_id, "seq": doc["next_seq"], "name": run_dir.name, "run_dir": str(run_dir),
                       "cwd": os.getcwd(), "command": command, "config": config.to_dict(), "env": env,
-                      "state": QUEUED, "created": _now(), "queued": _now(), "attempts": 1}
+                      "state": QUEUED, "created": utc_now(), "queued": utc_now(), "attempts": 1}
             doc["next_seq"] += 1
             doc["jobs"].append(record)
         if start:
@@ -473,17 +469,17 @@ class JobQueue:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             with open(run_dir / LOG_FILE, "ab") as log:
-                log.write(f"=== {_now()} job {r['id']} attempt {r.get('attempts', 1)}: "
+                log.write(f"=== {utc_now()} job {r['id']} attempt {r.get('attempts', 1)}: "
                           f"{subprocess.list2cmdline(r['command'])}\n".encode())
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "emotion.jobs", "supervise", str(self.root), r["id"]],
                     cwd=r.get("cwd") or None, env=_job_env(r), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         except OSError as exc:
-            r.update(state=FAILED, error=f"could not start the job: {exc}", ended=_now())
+            r.update(state=FAILED, error=f"could not start the job: {exc}", ended=utc_now())
             return
         threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
-        r.update(state=RUNNING, pid=proc.pid, pgid=proc.pid, started=_now(), ended=None, error=None,
+        r.update(state=RUNNING, pid=proc.pid, pgid=proc.pid, started=utc_now(), ended=None, error=None,
                  returncode=None, stop_requested=False)
 
     def _finish(self, r: dict, returncode: Optional[int]) -> None:
@@ -491,7 +487,7 @@ class JobQueue:
         run_dir = Path(r["run_dir"])
         status = read_json_or_none(run_dir / STATUS_FILE)
         state = status.get("state") if isinstance(status, dict) else None
-        r.update(ended=_now(), returncode=returncode)
+        r.update(ended=utc_now(), returncode=returncode)
         if r.get("stop_requested"):
             r.update(state=STOPPED, error=None)
             if state in (None, "running", "interrupted"):
@@ -517,7 +513,7 @@ class JobQueue:
         with self._locked() as doc:
             r = self._find(doc, job_id)
             if r["state"] == QUEUED:
-                r.update(state=CANCELLED, ended=_now())
+                r.update(state=CANCELLED, ended=utc_now())
                 return Job.from_record(r)
             if r["state"] != RUNNING:
                 raise JobError(f"job {job_id} is {r['state']}, not running")
@@ -556,7 +552,7 @@ class JobQueue:
             fields = {f.name for f in dataclasses.fields(TrainConfig)}
             config = TrainConfig(**{**{k: v for k, v in r["config"].items() if k in fields}, "resume": True})
             r.update(state=QUEUED, command=train_command(config, python=r["command"][0]),
-                     config=config.to_dict(), seq=doc["next_seq"], queued=_now(), ended=None, error=None,
+                     config=config.to_dict(), seq=doc["next_seq"], queued=utc_now(), ended=None, error=None,
                      returncode=None, stop_requested=False, attempts=int(r.get("attempts", 1)) + 1)
             doc["next_seq"] += 1
         self.refresh()
@@ -602,7 +598,7 @@ class JobQueue:
             with self._locked() as doc:
                 self._find(doc, job_id)["trainer_pid"] = proc.pid
             returncode = proc.wait()
-        print(f"=== {_now()} training process exited with code {returncode}", flush=True)
+        print(f"=== {utc_now()} training process exited with code {returncode}", flush=True)
         with self._locked() as doc:
             r = self._find(doc, job_id)
             if r["state"] == RUNNING:

@@ -39,7 +39,7 @@ from emotion.data.sources import (
     validation_holdout,
 )
 from emotion.data.transforms import AugmentationConfig, build_transform
-from emotion.fileio import read_json_or_none
+from emotion.fileio import read_json_or_none, utc_now
 from emotion.models import create_model, get_model_config
 from emotion.models.registry import count_parameters, logits_of
 from emotion.models.weights import SCRATCH
@@ -286,7 +286,7 @@ def _progress_callback(run_dir: Path):
                 return
             elapsed = time.monotonic() - self.start
             done = max(state.global_step, 1)
-            record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            record = {"time": utc_now(),
                       "step": state.global_step, "max_steps": state.max_steps,
                       "epoch": round(state.epoch or 0.0, 4), "elapsed_s": round(elapsed, 1),
                       "eta_s": round(elapsed / done * max(state.max_steps - state.global_step, 0), 1),
@@ -531,7 +531,7 @@ def _save_trained(run_dir: Path, built: Any, model_cfg: Any, labels: list[str], 
                         "machine": platform.machine(), "cpus": os.cpu_count(),
                         "cuda": torch.cuda.get_device_name(0) if on_cuda else None,
                         "bf16": use_bf16},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
     })
 
 

@@ -490,5 +490,5 @@ def test_docker_image_starts_the_app_the_way_spaces_expect() -> None:
     assert "EMOTION_DATA_ROOTS=/home/user/app/data" in docker  # a public Space reads no other folder
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {"checkpoints/runs", "checkpoints/jobs", ".git"} <= set(ignored)
-    assert "checkpoints/default" not in ignored  # the shipped model goes into the image
+    assert "checkpoints/default" not in ignored and "checkpoints/fer7" not in ignored  # shipped models ship
     assert re.search(r"^maxUploadSize = \d+$", (REPO / ".streamlit" / "config.toml").read_text(), re.M)

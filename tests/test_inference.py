@@ -208,6 +208,26 @@ def test_run_resolution_default_then_best_validation_accuracy(tmp_path: Path) ->
         resolve_run(runs_dir=tmp_path / "empty", default_dir=tmp_path / "none")
 
 
+REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+FER7_LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+@pytest.mark.parametrize("name,labels", [("default", ["angry", "happy", "sad"]), ("fer7", FER7_LABELS)])
+def test_each_shipped_model_is_complete_small_calibrated_and_predicts(name: str, labels: list[str],
+                                                                     astronaut: Image.Image) -> None:
+    folder = REPO_CHECKPOINTS / name
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip(f"{folder} ships no model in this checkout")
+    assert (folder / "model.safetensors").stat().st_size <= 25 * 10 ** 6  # the project's limit per model
+    assert (folder / "README.md").is_file()  # its model card
+    fitted = json.loads((folder / "temperature.json").read_text())
+    assert "stratified" in fitted["fitted_on"]["split"]  # fitted on validation images, not test
+    predictor = Predictor.from_run(folder)
+    assert predictor.labels == labels and predictor.temperature == pytest.approx(fitted["temperature"])
+    result = predictor.predict(astronaut)
+    assert len(result.faces) == 1 and list(result.faces[0].probabilities) == labels
+
+
 def test_shipped_models_can_be_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from emotion import paths
 
