@@ -33,7 +33,6 @@ import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -43,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emotion.benchmark import cpu_name  # noqa: E402
 from emotion.faces import DetectorConfig  # noqa: E402
+from emotion.fileio import utc_now  # noqa: E402
 from emotion.inference import Predictor, PredictorConfig, VideoConfig, VideoPredictor  # noqa: E402
 from emotion.models import create_model  # noqa: E402
 
@@ -141,7 +141,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     doc = {
         "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
         "model": model, "input_size": predictor.input_size, "frame": "skimage astronaut resized to 640x480",
         "detector": predictor.config.detector.to_dict(),
         "cpu": cpu_name(), "cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),

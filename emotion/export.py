@@ -15,42 +15,17 @@ import logging
 from pathlib import Path
 from typing import Any, Union
 
-import onnx
-
 from emotion import runs
-from emotion.evaluation import load_temperature
 from emotion.fileio import atomic_write
 from emotion.inference import Predictor, PredictorConfig
-from emotion.onnx_backend import (
-    INPUT_NAME,
-    METADATA_PREFIX,
-    OUTPUT_NAME,
-    ExportError,
-    OnnxClassifier,
-    check_against_torch,
-    export_bytes,
-    weights_digest,
-)
+from emotion.onnx_backend import INPUT_NAME, OUTPUT_NAME, ExportError, OnnxClassifier, checked_export, weights_digest
 
 logger = logging.getLogger(__name__)
 
 
-def _with_metadata(model_bytes: bytes, metadata: dict[str, str]) -> bytes:
-    """The model with ``metadata`` as its ``emotion.*`` properties (earlier ones replaced)."""
-    proto = onnx.load_from_string(model_bytes)
-    kept = [p for p in proto.metadata_props if not p.key.startswith(METADATA_PREFIX)]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_PREFIX + key, value
-    return proto.SerializeToString()
-
-
 def run_metadata(loaded: runs.LoadedRun) -> dict[str, str]:
     """What a user of the exported file needs to preprocess faces and read the outputs as this run does."""
-    predictor = Predictor.from_run(loaded, PredictorConfig())
-    fitted = load_temperature(loaded.path)
+    predictor = Predictor.from_run(loaded, PredictorConfig())  # margin, grayscale, TTA, temperature as in use
     preprocess = loaded.config.preprocess
     return {
         "labels": json.dumps(list(loaded.labels)),
@@ -59,11 +34,10 @@ def run_metadata(loaded: runs.LoadedRun) -> dict[str, str]:
         "mean": json.dumps(list(preprocess.mean)),
         "std": json.dumps(list(preprocess.std)),
         "input": (f"{INPUT_NAME}: float32 (batch, 3, {preprocess.input_size}, {preprocess.input_size}), RGB "
-                  "scaled to "
-                  "[0, 1], then (x - mean) / std"),
+                  "scaled to [0, 1], then (x - mean) / std"),
         "output": f"{OUTPUT_NAME}: float32 (batch, {len(loaded.labels)}); probabilities = "
                   "softmax(logits / temperature)",
-        "temperature": json.dumps(float(fitted["temperature"]) if fitted else 1.0),
+        "temperature": json.dumps(predictor.temperature or 1.0),
         "face_margin": json.dumps(predictor.margin),
         "grayscale": json.dumps(predictor.grayscale),
         "mirror_average": json.dumps(predictor.tta),
@@ -85,9 +59,7 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path]) -> dict[str, An
         raise ExportError(f"--out {out} is a folder; name a file such as {out / 'model.onnx'}")
     loaded = runs.load_run(run_dir)
     metadata = run_metadata(loaded)
-    model_bytes = _with_metadata(export_bytes(loaded.module, loaded.config.input_size), metadata)
-    classifier = OnnxClassifier(model_bytes)
-    diff = check_against_torch(loaded.module, classifier, loaded.config.input_size)
+    model_bytes, _, diff = checked_export(loaded.module, loaded.config.input_size, metadata)
     atomic_write(out, lambda tmp: tmp.write_bytes(model_bytes))
     logger.info("wrote %s (%.1f MB; probabilities within %.1e of PyTorch)", out, len(model_bytes) / 1e6, diff)
     return {"out": str(out), "bytes": len(model_bytes), "max_probability_difference": diff,

@@ -84,11 +84,6 @@ def _val_accuracy(metrics: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def _is_complete(run_dir: Path) -> bool:
-    info = runs.describe_run(run_dir) if run_dir.is_dir() else None
-    return bool(info and info["ready"] and info["state"] == "completed")
-
-
 def best_run(runs_dir: Union[str, Path, None] = None) -> Optional[tuple[Path, float]]:
     """The completed run with the highest validation accuracy under ``runs_dir`` (ties: the newest).
 
@@ -121,13 +116,13 @@ def resolve_run(run: Union[str, Path, None] = None, runs_dir: Union[str, Path, N
         shipped = paths.shipped_model_dirs()
         if str(run) in shipped:
             for base in bases:
-                if _is_complete(base / shipped[str(run)]):
+                if runs.is_complete(base / shipped[str(run)]):
                     return RunChoice(base / shipped[str(run)], "given")
         known = ", ".join(shipped)
         raise runs.RunError(f"run folder {path} does not exist (shipped models can be named: {known})")
     for base in bases:
         default = base / (default_dir if default_dir is not None else paths.default_model_dir())
-        if _is_complete(default):
+        if runs.is_complete(default):
             return RunChoice(default, "default")
     for base in bases:
         found = best_run(base / (runs_dir if runs_dir is not None else paths.runs_dir()))

@@ -142,6 +142,34 @@ def check_against_torch(module: nn.Module, classifier: OnnxClassifier, input_siz
     return diff
 
 
+def with_metadata(model_bytes: bytes, metadata: dict[str, str]) -> bytes:
+    """The model with ``metadata`` as its ``emotion.*`` properties (earlier ones replaced)."""
+    import onnx  # only exports with metadata need the onnx package itself
+
+    proto = onnx.load_from_string(model_bytes)
+    kept = [p for p in proto.metadata_props if not p.key.startswith(METADATA_PREFIX)]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, value
+    return proto.SerializeToString()
+
+
+def checked_export(module: nn.Module, input_size: int, metadata: Optional[dict[str, str]] = None,
+                   threads: Optional[int] = None) -> tuple[bytes, OnnxClassifier, float]:
+    """Export ``module`` (with ``metadata``), load it in onnxruntime and check it against PyTorch.
+
+    Returns the model's bytes, the loaded classifier and the largest probability
+    difference; raises :class:`ExportError` when the export cannot be trusted.
+    """
+    model_bytes = export_bytes(module, input_size)
+    if metadata:
+        model_bytes = with_metadata(model_bytes, metadata)
+    classifier = OnnxClassifier(model_bytes, threads)
+    return model_bytes, classifier, check_against_torch(module, classifier, input_size)
+
+
 def weights_digest(module: nn.Module) -> str:
     """SHA-256 of every parameter and buffer: the identity of a trained network's numbers."""
     digest = hashlib.sha256()
@@ -174,9 +202,7 @@ def onnx_classifier(module: nn.Module, model_config: ModelConfig, threads: Optio
             return classifier
         except ExportError as exc:
             logger.warning("re-exporting %s: %s", path, exc)
-    model_bytes = export_bytes(module, model_config.input_size)
-    classifier = OnnxClassifier(model_bytes, threads)
-    check_against_torch(module, classifier, model_config.input_size)
+    model_bytes, classifier, _ = checked_export(module, model_config.input_size, threads=threads)
     if cache:
         try:
             atomic_write(path, lambda tmp: tmp.write_bytes(model_bytes))

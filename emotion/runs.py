@@ -228,6 +228,12 @@ def describe_run(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
     }
 
 
+def is_complete(run_dir: Union[str, Path]) -> bool:
+    """Whether ``run_dir`` holds a finished run whose model can be loaded (shipped models included)."""
+    info = describe_run(run_dir) if Path(run_dir).is_dir() else None
+    return bool(info and info["ready"] and info["state"] == "completed")
+
+
 def list_runs(runs_dir: Union[None, str, Path] = None) -> list[dict[str, Any]]:
     """:func:`describe_run` of every run in ``runs_dir`` (default :func:`emotion.paths.runs_dir`), newest first."""
     root = Path(runs_dir) if runs_dir is not None else paths.runs_dir()

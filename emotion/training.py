@@ -241,7 +241,7 @@ class Teacher:
         self.module = loaded.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self.path, self.weight, self.temperature = Path(run_dir), float(weight), float(temperature)
+        self.weight, self.temperature = float(weight), float(temperature)
         self.size = loaded.config.input_size
         self._student = (torch.tensor(student_preprocess.mean).view(1, 3, 1, 1),
                          torch.tensor(student_preprocess.std).view(1, 3, 1, 1))

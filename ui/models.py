@@ -16,25 +16,19 @@ import streamlit as st
 from emotion import jobs, paths
 from emotion.data.sources import DatasetSplits
 from emotion.inference import Predictor, PredictorConfig, RunChoice, get_predictor, resolve_run
-from emotion.runs import RunError, describe_run, list_runs
+from emotion.runs import RunError, describe_run, is_complete, list_runs
 
 AUTO = "automatic"
 
 
+def ready_shipped_models() -> dict[str, Path]:
+    """The shipped models (``default``, ``fer7``) whose folders hold a complete model, by name."""
+    return {name: folder for name, folder in paths.shipped_model_dirs().items() if is_complete(folder)}
+
+
 def shipped_model_ready() -> bool:
     """Whether the shipped model (``checkpoints/default`` or ``$EMOTION_DEFAULT_MODEL_DIR``) is complete."""
-    info = describe_run(paths.default_model_dir()) if paths.default_model_dir().is_dir() else None
-    return bool(info and info["ready"] and info["state"] == "completed")
-
-
-def shipped_extras() -> dict[str, Path]:
-    """Shipped models besides the default one (e.g. ``fer7``) that are complete, by name."""
-    out = {}
-    for name, folder in paths.shipped_model_dirs().items():
-        info = describe_run(folder) if name != "default" and folder.is_dir() else None
-        if info and info["ready"] and info["state"] == "completed":
-            out[name] = folder
-    return out
+    return "default" in ready_shipped_models()
 
 
 def ready_runs() -> list[dict]:
@@ -47,11 +41,7 @@ def ready_runs() -> list[dict]:
 
 def teacher_choices() -> dict[str, Path]:
     """Models a new run can learn from (distillation): the shipped ones and every ready run, by name."""
-    out = {}
-    for name, folder in paths.shipped_model_dirs().items():
-        info = describe_run(folder) if folder.is_dir() else None
-        if info and info["ready"]:
-            out[f"shipped: {name}"] = folder
+    out = {f"shipped: {name}": folder for name, folder in ready_shipped_models().items()}
     out.update({r["name"]: Path(r["path"]) for r in ready_runs()})
     return out
 
@@ -113,7 +103,7 @@ def run_picker(key: str) -> Optional[RunChoice]:
     Returns None (after saying why) when there is no model at all.
     """
     runs = ready_runs()
-    extras = {f"shipped: {name}": folder for name, folder in shipped_extras().items()}
+    extras = {f"shipped: {name}": folder for name, folder in ready_shipped_models().items() if name != "default"}
     names = [AUTO] + list(extras) + [r["name"] for r in runs]
     by_name = {r["name"]: r for r in runs}
     shipped = shipped_model_ready()
