@@ -48,7 +48,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emotion.data.sources import Sample, load_dataset_spec  # noqa: E402
-from emotion.evaluation import classification_metrics, expected_calibration_error  # noqa: E402
+from emotion.metrics import classification_metrics, expected_calibration_error  # noqa: E402
 from emotion.images import ImageLoadError, load_image  # noqa: E402
 
 logger = logging.getLogger("peer_benchmark")

@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from emotion.benchmark import cpu_name  # noqa: E402
 from emotion.faces import DetectorConfig  # noqa: E402
 from emotion.fileio import utc_now  # noqa: E402
-from emotion.inference import Predictor, PredictorConfig, VideoConfig, VideoPredictor  # noqa: E402
+from emotion.inference import Predictor, PredictorConfig  # noqa: E402
+from emotion.video import VideoConfig, VideoPredictor  # noqa: E402
 from emotion.models import create_model  # noqa: E402
 
 

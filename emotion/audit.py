@@ -46,9 +46,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+import imagehash
 import numpy as np
 from PIL import Image, ImageStat
-from scipy.fft import dctn
 
 from emotion.data.sources import DatasetSplits, load_dataset_spec
 from emotion.images import ImageLoadError, file_digest, image_header, load_image
@@ -94,18 +94,13 @@ class ImageRecord:
 
 
 def phash64(img: Image.Image) -> int:
-    """64-bit DCT perceptual hash (the ``imagehash.phash`` recipe, without the dependency).
+    """64-bit DCT perceptual hash (``imagehash.phash``) as an integer, for XOR-and-popcount distances.
 
     Grayscale, resize to 32x32, 2-D DCT-II, keep the 8x8 lowest frequencies and
     set a bit where a coefficient is above their median.  Brightness, contrast,
     mild blur, JPEG re-compression and resizing move few bits.
     """
-    gray = img.convert("L").resize((PHASH_SIZE, PHASH_SIZE), Image.Resampling.LANCZOS)
-    coeffs = dctn(np.asarray(gray, dtype=np.float64), type=2)[:PHASH_LOW, :PHASH_LOW]
-    ordered = np.sort(coeffs, axis=None)
-    half = ordered.size // 2
-    bits = (coeffs > (ordered[half - 1] + ordered[half]) / 2).ravel()  # above their median
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+    return int(str(imagehash.phash(img, hash_size=PHASH_LOW, highfreq_factor=PHASH_SIZE // PHASH_LOW)), 16)
 
 
 def _scan_file(path: str) -> tuple:

@@ -16,7 +16,6 @@ import io
 import logging
 import os
 import platform
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -24,6 +23,7 @@ from typing import Any, Optional, Union
 import torch
 
 from emotion import runs
+from emotion.config import TrainConfig, train_options
 from emotion.data.cache import DecodedImageCache
 from emotion.data.sources import (
     DatasetError,
@@ -32,11 +32,13 @@ from emotion.data.sources import (
     load_dataset_spec,
     parse_classes,
 )
+from emotion.ensembles import create_ensemble
+from emotion.evaluation import evaluate_run, fit_run_temperature, saved_evaluations
 from emotion.fileio import utc_now
 from emotion.models import get_model_config, list_models
 from emotion.models.registry import ModelError
 from emotion.names import slug
-from emotion.training import DEFAULT_RUNS_DIR
+from emotion.training import DEFAULT_RUNS_DIR, train
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +112,6 @@ class BenchmarkConfig:
             if bad or len(self.ensemble_members) < 2:
                 raise BenchmarkError(f"--ensemble-members must name at least 2 models from --models, got "
                                      f"{self.ensemble_members}")
-        from emotion.training import TrainConfig
-
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         owned = {"model", "data", "classes", "image_size", "epochs", "max_steps", "batch_size",
                  "from_scratch", "output_dir", "run_name", "seed"}
@@ -161,35 +161,11 @@ def parse_image_sizes(text: Optional[str]) -> tuple[Optional[int], dict[str, int
 
 
 def parse_train_options(items: Optional[list[str]]) -> dict[str, Any]:
-    """``["early_stopping_patience=0", "augment=false"]`` -> typed ``TrainConfig`` values."""
-    from emotion.training import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in hints:
-            raise BenchmarkError(f"--train-option {item!r} must be FIELD=VALUE with a TrainConfig field "
-                                 f"({', '.join(sorted(hints))})")
-        kind = hints[key]
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        kind = args[0] if args else kind
-        value = value.strip()
-        try:
-            if value.lower() in ("none", "null") and args:
-                out[key] = None
-            elif kind is bool:
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                out[key] = value.lower() in ("true", "1", "yes")
-            else:
-                out[key] = kind(value)
-        except ValueError:
-            raise BenchmarkError(f"--train-option {key}={value!r} is not a valid {kind.__name__}") from None
-    return out
-
-
+    """``["early_stopping_patience=0", "augment=false"]`` -> typed ``TrainConfig`` values (as ``train`` parses them)."""
+    try:
+        return train_options(list(items or []))
+    except ValueError as exc:
+        raise BenchmarkError(f"--train-option: {exc}") from None
 
 
 def _run_prefix(config: BenchmarkConfig) -> str:
@@ -253,8 +229,6 @@ def _read_metrics(run_dir: Path) -> dict:
 
 def _train_one(config: BenchmarkConfig, model: str) -> tuple[Path, bool]:
     """Train ``model`` (or reuse a completed run); returns (run folder, reused)."""
-    from emotion.training import TrainConfig, train
-
     if config.reuse:
         found = find_completed_run(config, model)
         if found is not None:
@@ -280,8 +254,6 @@ def _row(model: str, status: str, **values: Any) -> dict[str, Any]:
 
 def _measure(config: BenchmarkConfig, run_dir: Path, splits: DatasetSplits, cache: DecodedImageCache) -> dict:
     """Temperature on validation images, then test metrics and speed."""
-    from emotion.evaluation import evaluate_run, fit_run_temperature
-
     run = runs.load_run(run_dir)
     if config.calibrate:
         fit_run_temperature(run, splits, seed=config.seed, batch_size=config.eval_batch_size, tta=config.tta,
@@ -362,8 +334,6 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
 
 def _ensemble_row(config: BenchmarkConfig, trained: dict[str, tuple[Path, dict]], splits: DatasetSplits,
                   cache: DecodedImageCache, details: dict) -> dict[str, Any]:
-    from emotion.evaluation import create_ensemble
-
     if config.ensemble_members is not None:
         missing = [m for m in config.ensemble_members if m not in trained]
         if missing:
@@ -496,8 +466,6 @@ def run_row(run: dict, split: str = "test") -> dict[str, Any]:
     evaluated shows the test scores training recorded at its end, if any.
     ``scored_on`` says which.
     """
-    from emotion.evaluation import saved_evaluations
-
     metrics = run.get("metrics") or {}
     row: dict[str, Any] = {
         "run": run["name"], "model": run.get("model"), "status": run.get("state"),

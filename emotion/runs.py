@@ -13,26 +13,30 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from torch import nn
 
 from emotion import paths
 from emotion.fileio import atomic_write, read_json_or_none, write_json
 from emotion.models import ModelConfig, ModelError, create_model
+from emotion.models.ensemble import EnsembleModel, ensemble_config
 from emotion.processes import recorded_process_alive
+from emotion.run_files import (  # noqa: F401  (the names every caller reads as runs.CONFIG_FILE etc.)
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    PROGRESS_FILE,
+    RUN_LOCK_FILE,
+    STATUS_FILE,
+    TEMPERATURE_FILE,
+    TRAIN_CONFIG_FILE,
+    TRAIN_LOG_FILE,
+    WEIGHTS_FILE,
+)
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-LABELS_FILE = "labels.json"
-WEIGHTS_FILE = "model.safetensors"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.json"
-PROGRESS_FILE = "progress.jsonl"
-STATUS_FILE = "status.json"
-TRAIN_CONFIG_FILE = "train_config.json"
-RUN_LOCK_FILE = ".train.lock"  # held (flock) by the training process for as long as it runs
 
 
 class RunError(ModelError):
@@ -83,8 +87,6 @@ def save_model(run_dir: Union[str, Path], module: nn.Module, config: ModelConfig
 def save_ensemble(run_dir: Union[str, Path], members: list[Union[str, Path]],
                   weights: Optional[list[float]] = None) -> Path:
     """An ensemble run: a config naming its member runs (no weights of its own)."""
-    from emotion.models.ensemble import build_ensemble
-
     run_dir = Path(run_dir)
     _, config, labels = build_ensemble(members, weights)  # validates members and weights
     refs = [os.path.relpath(Path(m).resolve(), run_dir.resolve()) for m in members]
@@ -93,6 +95,12 @@ def save_ensemble(run_dir: Union[str, Path], members: list[Union[str, Path]],
                                        "num_classes": len(labels), "input_size": config.input_size,
                                        "model_config": config.to_dict(), "weights_source": "members"})
     return run_dir
+
+
+def member_dirs(run_dir: Path, spec: dict) -> list[Path]:
+    """An ensemble's member run folders (its config stores them relative to the ensemble's folder)."""
+    members = spec.get("members") or []
+    return [Path(m) if Path(m).is_absolute() else Path(run_dir) / m for m in members]
 
 
 @dataclass
@@ -138,15 +146,12 @@ def load_run(run_dir: Union[str, Path], _ensemble_depth: int = 0) -> LoadedRun:
     labels = read_json(run_dir / LABELS_FILE)
     _check_spec(spec, labels, run_dir)
     if spec["model"] == "ensemble":
-        from emotion.models.ensemble import build_ensemble
-
         if _ensemble_depth >= 4:
             raise RunError(f"{run_dir}: ensembles nest more than 4 deep; does one list itself as a member?")
         members = spec.get("members")
         if not isinstance(members, list) or not members:
             raise RunError(f"{run_dir / CONFIG_FILE} lists no ensemble members")
-        members = [Path(m) if Path(m).is_absolute() else run_dir / m for m in members]
-        module, config, member_labels = build_ensemble(members, spec.get("weights"),
+        module, config, member_labels = build_ensemble(member_dirs(run_dir, spec), spec.get("weights"),
                                                        _depth=_ensemble_depth + 1)
         if member_labels != labels:
             raise RunError(f"{run_dir} labels {labels} differ from its members' {member_labels}")
@@ -171,6 +176,41 @@ def load_run(run_dir: Union[str, Path], _ensemble_depth: int = 0) -> LoadedRun:
     logger.info("loaded %s (%s, input %d, started from %s)", run_dir, spec["model"], built.config.input_size,
                 spec.get("weights_source", "unknown weights"))
     return LoadedRun(built.module, built.config, list(labels), spec, run_dir)
+
+
+def build_ensemble(run_dirs: Sequence[Union[str, Path]], weights: Optional[Sequence[float]] = None,
+                   _depth: int = 0) -> tuple[EnsembleModel, ModelConfig, list[str]]:
+    """Load member runs and combine them; returns (module, config, labels)."""
+    if len(run_dirs) < 2:
+        raise ModelError(f"an ensemble needs at least 2 runs, got {len(run_dirs)}")
+    loaded = [load_run(d, _ensemble_depth=_depth) for d in run_dirs]
+    labels = loaded[0].labels
+    for run in loaded[1:]:
+        if run.labels != labels:
+            raise ModelError(f"ensemble members disagree on classes: {run.path} has {run.labels}, "
+                             f"{loaded[0].path} has {labels}")
+    configs = [r.config for r in loaded]
+    module = EnsembleModel([r.module for r in loaded], configs, weights).eval()
+    return module, ensemble_config(configs), labels
+
+
+def train_config_of(spec: dict, run_dir: Path) -> dict:
+    """The training config of a run, or of an ensemble's first member (they share the data)."""
+    if spec.get("model") == "ensemble":
+        members = member_dirs(run_dir, spec)
+        return train_config_of(read_json(members[0] / CONFIG_FILE), members[0]) if members else {}
+    return dict(spec.get("train_config") or {})
+
+
+def load_temperature(run_dir: Union[str, Path]) -> Optional[dict]:
+    """The fitted temperature record of a run (``temperature.json``), or None."""
+    path = Path(run_dir) / TEMPERATURE_FILE
+    if not path.exists():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict) or not float(record.get("temperature", 0)) > 0:
+        raise RunError(f"{path} has no positive 'temperature'; delete it or refit with --fit-temperature")
+    return record
 
 
 def describe_run(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:

@@ -11,15 +11,13 @@ CPU speed settings, and a run folder the app can follow (``progress.jsonl``,
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import platform
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -38,136 +36,19 @@ from emotion.data.sources import (
     load_exclusions,
     validation_holdout,
 )
-from emotion.data.transforms import AugmentationConfig, build_transform
+from emotion.config import TrainConfig
+from emotion.data.transforms import build_transform
+from emotion.face_crops import crop_dataset
+from emotion.faces import crop_config_for
 from emotion.fileio import read_json_or_none, utc_now
-from emotion.models import create_model, get_model_config
+from emotion.models import create_model
 from emotion.models.registry import count_parameters, logits_of
 from emotion.models.weights import SCRATCH
-from emotion.names import child_folder, safe_name
 
 logger = logging.getLogger(__name__)
 
-TRACKERS = ("none", "wandb", "mlflow", "tensorboard")
-METRICS = ("macro_f1", "accuracy")
 DEFAULT_RUNS_DIR = paths.DEFAULT_RUNS_DIR  # $EMOTION_RUNS_DIR overrides it (emotion.paths.runs_dir)
 SCRATCH_LR = 1e-3
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; the CLI and the Train page both build one."""
-
-    model: str = field(default="efficientnet_lite0", metadata={"help": "registered model name"})
-    data: str = field(default="synthetic", metadata={"help": "dataset: folder path, 'synthetic' or 'hf:<id>'"})
-    classes: Optional[str] = field(default="angry,happy,sad",
-                                   metadata={"help": "comma-separated class subset ('' = all)"})
-    image_size: Optional[int] = field(default=None, metadata={"help": "input side (default: the model's)"})
-    epochs: float = field(default=10, metadata={"help": "maximum training epochs"})
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many steps (-1 = use epochs)"})
-    batch_size: int = field(default=64, metadata={"help": "images per step (per process)"})
-    learning_rate: Optional[float] = field(default=None, metadata={
-        "help": "peak learning rate (AdamW); default: the model's fine-tuning rate, 1e-3 from scratch"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "fraction of steps for linear warmup"})
-    scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule after warmup"})
-    label_smoothing: float = field(default=0.1, metadata={"help": "cross-entropy label smoothing"})
-    class_weights: bool = field(default=True, metadata={"help": "weight the loss by inverse class frequency"})
-    augment: bool = field(default=True, metadata={"help": "augment training images"})
-    rotation_degrees: float = field(default=12.0, metadata={"help": "augmentation: max rotation"})
-    brightness: float = field(default=0.3, metadata={"help": "augmentation: brightness jitter"})
-    contrast: float = field(default=0.3, metadata={"help": "augmentation: contrast jitter"})
-    horizontal_flip: bool = field(default=True, metadata={"help": "augmentation: random flips"})
-    crop_scale_min: float = field(default=0.8, metadata={"help": "augmentation: min random-crop area"})
-    blur_sharpen: float = field(default=0.0, metadata={
-        "help": "augmentation: probability of a random blur or sharpening (0 = off)"})
-    erasing: float = field(default=0.0, metadata={
-        "help": "augmentation: probability of erasing a random rectangle (0 = off)"})
-    distill_from: Optional[str] = field(default=None, metadata={
-        "help": "knowledge distillation: a run folder (a trained run or an ensemble) with the same labels whose "
-                "probabilities on each augmented batch the model also learns"})
-    distill_weight: float = field(default=0.5, metadata={
-        "help": "distillation: share of the loss that comes from the teacher (the rest: the labels)"})
-    distill_temperature: float = field(default=2.0, metadata={
-        "help": "distillation: softmax temperature of teacher and student in the teacher's term"})
-    val_fraction: float = field(default=0.1, metadata={"help": "stratified validation share of train "
-                                                               "(when the data has no val split)"})
-    early_stopping_patience: int = field(default=3, metadata={"help": "evaluations without improvement "
-                                                                      "before stopping (0 = off)"})
-    metric: str = field(default="macro_f1", metadata={"help": "validation metric for early stopping"})
-    pretrained: str = field(default="auto", metadata={"help": "'auto' (documented order) or a weights path"})
-    from_scratch: bool = field(default=False, metadata={"help": "random init on purpose (no pretrained)"})
-    output_dir: Optional[str] = field(default=None, metadata={
-        "help": "run folder (default checkpoints/runs/<name>, or $EMOTION_RUNS_DIR/<name>)"})
-    run_name: Optional[str] = field(default=None, metadata={"help": "run name (default model-time)"})
-    report_to: str = field(default="none", metadata={"help": "tracker: none, wandb, mlflow or tensorboard"})
-    seed: int = field(default=0, metadata={"help": "seed for init, shuffling, augmentation and splits"})
-    num_workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
-    bf16: Optional[bool] = field(default=None, metadata={
-        "help": "bf16 autocast (default: on GPUs, and for ViTs on CPUs with native bf16)"})
-    resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in the run folder"})
-    keep_checkpoints: bool = field(default=False, metadata={"help": "keep intermediate checkpoints after success"})
-    exclude_file: Optional[str] = field(default=None, metadata={"help": "JSON list of images to leave out"})
-    face_crop: bool = field(default=False, metadata={
-        "help": "crop faces with MTCNN first (cached; for photos, not for tight crops like FER)"})
-    face_margin: float = field(default=0.2, metadata={"help": "face crop: margin around the box"})
-    face_on_miss: str = field(default="whole", metadata={"help": "face crop: whole, center or skip on no face"})
-    evaluate_test: bool = field(default=True, metadata={"help": "also score the held-out test split at the end"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "train into a run folder that already holds a completed run, replacing it"})
-
-    def __post_init__(self) -> None:
-        get_model_config(self.model)  # raises with the list of models
-        if self.image_size is not None and not 16 <= int(self.image_size) <= 1024:
-            raise ValueError(f"image_size must be between 16 and 1024, got {self.image_size}")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError(f"epochs must be positive (got {self.epochs}) unless max_steps is set")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.distill_weight <= 1:
-            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
-        if not 0 < self.distill_temperature <= 20:
-            raise ValueError(f"distill_temperature must be in (0, 20], got {self.distill_temperature}")
-        if self.distill_from is not None and not (Path(self.distill_from) / runs.CONFIG_FILE).is_file():
-            raise ValueError(f"distill_from={self.distill_from!r} is not a run folder (no {runs.CONFIG_FILE}); "
-                             "name a trained run or an ensemble")
-        if not 0 < self.val_fraction < 0.5:
-            raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
-        if self.report_to not in TRACKERS:
-            raise ValueError(f"report_to must be one of {TRACKERS}, got {self.report_to!r}")
-        if self.report_to != "none":
-            import importlib.util
-
-            if importlib.util.find_spec(self.report_to) is None:
-                raise ValueError(f"--report-to {self.report_to} needs the {self.report_to} package: "
-                                 f"pip install {self.report_to}")
-        if self.face_on_miss not in ("whole", "center", "skip"):
-            raise ValueError(f"face_on_miss must be whole, center or skip, got {self.face_on_miss!r}")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.early_stopping_patience < 0:
-            raise ValueError("early_stopping_patience must be >= 0")
-        self.augmentation  # validates the augmentation fields
-        if self.run_name is not None:
-            safe_name(self.run_name)  # refuses ".", "..", empty and over-long names, whatever output_dir is
-        if not self.output_dir:  # fix the run folder now so every later reader agrees on it
-            name = self.run_name or f"{self.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-            self.output_dir = str(child_folder(paths.runs_dir(), name))
-
-    @property
-    def augmentation(self) -> AugmentationConfig:
-        return AugmentationConfig(self.augment, self.rotation_degrees, self.brightness, self.contrast,
-                                  self.horizontal_flip, self.crop_scale_min, self.blur_sharpen, self.erasing)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir or "")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def cpu_supports_bf16() -> bool:
@@ -326,10 +207,8 @@ class PreparedData:
 def prepare_data(config: TrainConfig, splits: DatasetSplits, input_size: int, preprocess) -> PreparedData:
     """Exclude, split and decode the data once; unreadable files are skipped and reported."""
     face_report = None
-    if config.face_crop:
-        from emotion.faces import CropConfig, crop_dataset
-
-        crop = CropConfig(margin=config.face_margin, size=max(input_size, 64), on_miss=config.face_on_miss)
+    crop = crop_config_for(vars(config), input_size)  # the same rule evaluation and prediction apply
+    if crop is not None:
         splits, face_report = crop_dataset(splits, crop)
         logger.info("face crops: %s", face_report.summary())
     if config.exclude_file:
@@ -379,7 +258,7 @@ def _step_of(checkpoint: Optional[str]) -> Optional[int]:
 
 def _write_status(run_dir: Path, state: str, **extra: Any) -> None:
     runs.write_json(run_dir / runs.STATUS_FILE, {"state": state, "pid": os.getpid(), "host": platform.node(),
-                                                 "time": datetime.now(timezone.utc).isoformat(), **extra})
+                                                 "time": utc_now(), **extra})
 
 
 def _is_main_process() -> bool:
@@ -413,7 +292,7 @@ def train(config: TrainConfig, extra_callbacks: Optional[list] = None) -> dict[s
 
 
 # What a run folder holds: any of these marks a folder as a run's (the job queue writes train.log first).
-RUN_MARKERS = (runs.STATUS_FILE, runs.CONFIG_FILE, runs.TRAIN_CONFIG_FILE, runs.PROGRESS_FILE, "train.log",
+RUN_MARKERS = (runs.STATUS_FILE, runs.CONFIG_FILE, runs.TRAIN_CONFIG_FILE, runs.PROGRESS_FILE, runs.TRAIN_LOG_FILE,
                runs.RUN_LOCK_FILE, "checkpoints")
 # Files this module writes before any result exists; removed again when such a run fails at once.
 _EARLY_FILES = (runs.STATUS_FILE, runs.RUN_LOCK_FILE, runs.PROGRESS_FILE, runs.TRAIN_CONFIG_FILE)
@@ -448,7 +327,7 @@ def check_run_folder(run_dir: Path, overwrite: bool = False) -> None:
 def _holds_results(run_dir: Path) -> bool:
     """Whether a failed run left anything worth keeping (checkpoints, weights, metrics, a log)."""
     return any((run_dir / name).exists() for name in (
-        "checkpoints", runs.WEIGHTS_FILE, runs.METRICS_FILE, runs.CONFIG_FILE, "train.log"))
+        "checkpoints", runs.WEIGHTS_FILE, runs.METRICS_FILE, runs.CONFIG_FILE, runs.TRAIN_LOG_FILE))
 
 
 def _remove_own_files(run_dir: Path) -> None:

@@ -11,11 +11,12 @@ from datetime import timedelta
 
 import streamlit as st
 
-from emotion import jobs, paths
+from emotion import jobs, paths, progress
 from emotion.benchmark import SCRATCH_ONLY
 from emotion.data.sources import load_exclusions
 from emotion.models import get_model_config, list_models
-from emotion.training import TRACKERS, TrainConfig
+from emotion.config import TRACKERS, TrainConfig
+from emotion.data.transforms import AUGMENTATION_BOUNDS
 from ui.charts import curves_figure
 from ui.models import teacher_choices
 from ui.state import active_spec, dataset_sidebar
@@ -29,6 +30,13 @@ HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConf
 DEFAULTS = TrainConfig(output_dir="unused")
 STATE_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "failed": "❌", "stopped": "⏹️",
                "cancelled": "🚫"}
+
+
+def _augmentation_input(column, label: str, name: str, step: float) -> float:
+    """A number input over the range the augmentation config accepts (one statement of each bound)."""
+    low, high, high_included = AUGMENTATION_BOUNDS[name]
+    return column.number_input(label, low, high if high_included else high - step, getattr(DEFAULTS, name), step,
+                               key=f"train_{name}", help=HELP[name])
 
 
 def _queue() -> jobs.JobQueue:
@@ -80,21 +88,15 @@ else:
         tracker = c4.selectbox("Tracker", TRACKERS, key="train_tracker", help=HELP["report_to"])
         with st.expander("Augmentation details"):
             a1, a2, a3, a4, a5 = st.columns(5)
-            rotation = a1.number_input("Rotation (°)", 0.0, 45.0, DEFAULTS.rotation_degrees, 1.0,
-                                       key="train_rot", help=HELP["rotation_degrees"])
-            brightness = a2.number_input("Brightness", 0.0, 0.95, DEFAULTS.brightness, 0.05,
-                                         key="train_bright", help=HELP["brightness"])
-            contrast = a3.number_input("Contrast", 0.0, 0.95, DEFAULTS.contrast, 0.05, key="train_contrast",
-                                       help=HELP["contrast"])
-            crop = a4.number_input("Min crop area", 0.3, 1.0, DEFAULTS.crop_scale_min, 0.05, key="train_crop",
-                                   help=HELP["crop_scale_min"])
+            rotation = _augmentation_input(a1, "Rotation (°)", "rotation_degrees", 1.0)
+            brightness = _augmentation_input(a2, "Brightness", "brightness", 0.05)
+            contrast = _augmentation_input(a3, "Contrast", "contrast", 0.05)
+            crop = _augmentation_input(a4, "Min crop area", "crop_scale_min", 0.05)
             flip = a5.checkbox("Horizontal flips", DEFAULTS.horizontal_flip, key="train_flip",
                                help=HELP["horizontal_flip"])
             b1, b2, _ = st.columns([1, 1, 3])
-            blur = b1.number_input("Blur / sharpen", 0.0, 1.0, DEFAULTS.blur_sharpen, 0.05, key="train_blur",
-                                   help=HELP["blur_sharpen"])
-            erasing = b2.number_input("Erasing", 0.0, 1.0, DEFAULTS.erasing, 0.05, key="train_erasing",
-                                      help=HELP["erasing"])
+            blur = _augmentation_input(b1, "Blur / sharpen", "blur_sharpen", 0.05)
+            erasing = _augmentation_input(b2, "Erasing", "erasing", 0.05)
         with st.expander("More options"):
             o1, o2, o3, o4 = st.columns(4)
             max_steps = o1.number_input("Max steps (-1 = epochs)", -1, 10_000_000, -1, key="train_max_steps",
@@ -183,13 +185,13 @@ def _job_panel(queue: jobs.JobQueue, job: jobs.Job) -> None:
                 queue.forget(job.id)
                 st.rerun(scope="fragment")
         records = job.progress_records() if job.state != jobs.QUEUED else []
-        progress = jobs.progress_summary(records)
+        summary = progress.progress_summary(records)
         if job.state == jobs.RUNNING:
-            total = progress["max_steps"]
-            text = (f"step {progress['step']}/{total} · epoch {progress['epoch'] or 0:.2f} · "
-                    f"elapsed {_duration(progress['elapsed_s'])} · ETA {_duration(progress['eta_s'])}"
+            total = summary["max_steps"]
+            text = (f"step {summary['step']}/{total} · epoch {summary['epoch'] or 0:.2f} · "
+                    f"elapsed {_duration(summary['elapsed_s'])} · ETA {_duration(summary['eta_s'])}"
                     if total else "starting (loading data and model)…")
-            st.progress(progress["fraction"], text=text)
+            st.progress(summary["fraction"], text=text)
         elif job.state == jobs.COMPLETED:
             status = job.run_status() or {}
             scores = (status.get("metrics") or {})
@@ -203,8 +205,8 @@ def _job_panel(queue: jobs.JobQueue, job: jobs.Job) -> None:
         elif job.state == jobs.FAILED:
             st.error(job.error or "failed")
         elif job.state == jobs.STOPPED:
-            st.caption(f"stopped at step {progress['step']}; Resume continues from the last saved checkpoint")
-        curves = jobs.training_curves(records)
+            st.caption(f"stopped at step {summary['step']}; Resume continues from the last saved checkpoint")
+        curves = progress.training_curves(records)
         if curves["train"] or job.state == jobs.FAILED:
             with st.expander("Curves and log", expanded=job.state in (jobs.RUNNING, jobs.FAILED)):
                 c1, c2 = st.columns(2)

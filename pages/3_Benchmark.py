@@ -10,7 +10,8 @@ import streamlit as st
 
 from emotion import paths
 from emotion.benchmark import runs_table, table_csv
-from emotion.evaluation import create_ensemble, evaluate_run, saved_evaluations
+from emotion.ensembles import create_ensemble
+from emotion.evaluation import evaluate_run, saved_evaluations
 from emotion.names import child_folder, slug
 from emotion.runs import list_runs
 from ui.charts import confusion_figure, recall_figure, reliability_figure

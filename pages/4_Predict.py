@@ -8,7 +8,7 @@ import streamlit as st
 
 from emotion.images import ImageLoadError
 from emotion.inference import ImagePrediction, Predictor
-from ui.models import pick_model
+from ui.models import model_page
 from ui.predict import (
     IMAGE_TYPES,
     MAX_FILES,
@@ -19,7 +19,6 @@ from ui.predict import (
     run_key,
     show_prediction,
 )
-from ui.state import active_spec, dataset_sidebar
 from ui.webcam import live_panel
 
 st.set_page_config(page_title="Predict · Emotion Studio", page_icon="🙂", layout="wide")
@@ -27,14 +26,7 @@ st.title("Predict")
 st.caption("Every face in a photo is found (MTCNN), cropped the way the model was trained, and classified. "
            "Nothing you upload is stored.")
 
-dataset = dataset_sidebar()
-spec, classes = active_spec()
-backend = st.sidebar.radio("Classifier backend", ["torch", "onnx"], horizontal=True, key="predict_backend",
-                           help="onnx: the same network run by onnxruntime on the CPU, about 3x faster per "
-                                "face for the shipped model (same probabilities within 1e-4)")
-predictor = pick_model(dataset, spec, classes, key="predict_run", backend=str(backend))
-if predictor is None:
-    st.stop()
+dataset, spec, classes, predictor = model_page("predict_run", choose_backend=True)
 
 WHOLE_KEY = "predict_whole"
 st.session_state.setdefault(WHOLE_KEY, False)

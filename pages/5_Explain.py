@@ -18,9 +18,8 @@ from ui.explain import (
     road_rows,
     view_image,
 )
-from ui.models import pick_model
+from ui.models import model_page
 from ui.predict import IMAGE_TYPES, MAX_UPLOAD_MB, check_upload, digest, run_key
-from ui.state import active_spec, dataset_sidebar
 
 st.set_page_config(page_title="Explain · Emotion Studio", page_icon="🧠", layout="wide")
 st.title("Explain")
@@ -28,11 +27,7 @@ st.caption("Why the model said what it said: heatmaps of the pixels that drove i
            "attention rollout for transformers, feature maps), each with a ROAD score — how much the "
            "confidence drops when the highlighted pixels are removed — so methods can be compared by number.")
 
-dataset = dataset_sidebar()
-spec, classes = active_spec()
-predictor = pick_model(dataset, spec, classes, key="explain_run")
-if predictor is None:
-    st.stop()
+dataset, spec, classes, predictor = model_page("explain_run")
 CFG = predictor.model_config
 MODEL_KEY = run_key(predictor)
 METHOD_LIST = available_methods(CFG)

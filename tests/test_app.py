@@ -21,6 +21,7 @@ from skimage import data as skdata
 from streamlit.testing.v1 import AppTest
 
 from emotion import jobs, paths
+from emotion.config import QUICK_IMAGE_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "synthetic:n=24,test=6,size=48"
@@ -61,7 +62,8 @@ def _texts(at: AppTest) -> str:
 @pytest.fixture
 def tiny_runs() -> tuple[Path, Path]:
     """Two finished vit_custom runs (two steps each) in the test's runs folder."""
-    from emotion.training import TrainConfig, train
+    from emotion.config import TrainConfig
+    from emotion.training import train
 
     out = []
     for name, lr in (("tiny-a", 1e-3), ("tiny-b", 2e-3)):
@@ -99,7 +101,7 @@ def test_home_quick_model_is_one_click() -> None:
     assert not at.exception, at.exception
     queued = jobs.JobQueue().jobs()
     assert len(queued) == 1 and queued[0].name.startswith("quick-efficientnet_lite0")
-    assert queued[0].config["data"] == "synthetic" and queued[0].config["image_size"] == jobs.QUICK_IMAGE_SIZE
+    assert queued[0].config["data"] == "synthetic" and queued[0].config["image_size"] == QUICK_IMAGE_SIZE
     at = _page()
     assert "quick model is training" in _texts(at)
     assert not [b for b in at.button if b.label == "Train a quick model"]
@@ -216,7 +218,7 @@ def test_train_page_shows_a_failed_run_with_its_error_and_log(tmp_path: Path) ->
 def test_train_page_reports_an_invalid_config_without_queueing() -> None:
     import importlib.util
 
-    from emotion.training import TRACKERS
+    from emotion.config import TRACKERS
 
     missing = [t for t in TRACKERS if t != "none" and importlib.util.find_spec(t) is None]
     if not missing:
@@ -348,7 +350,7 @@ def test_predict_page_offers_the_shipped_seven_class_model(tiny_model: Path, tmp
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
 def test_predict_page_runs_the_classifier_with_onnxruntime_when_asked(tiny_model: Path) -> None:
     at = _page("4_Predict")
-    at.radio(key="predict_backend").set_value("onnx").run()
+    at.radio(key="predict_run_backend").set_value("onnx").run()
     assert not at.exception, at.exception
     assert any("run by onnxruntime" in c.value for c in at.caption)
     at.file_uploader(key="predict_files").set_value([("astronaut.png", _png(ASTRONAUT), "image/png")]).run()
@@ -416,7 +418,8 @@ def test_webrtc_settings_come_from_the_environment() -> None:
 
 
 def test_live_annotator_tracks_and_draws_smoothed_labels(tiny_model: Path) -> None:
-    from emotion.inference import Predictor, VideoConfig
+    from emotion.inference import Predictor
+    from emotion.video import VideoConfig
     from ui.webcam import LiveAnnotator
 
     live = LiveAnnotator(Predictor.from_run(tiny_model), VideoConfig(redetect_every=3, ema_alpha=0.5))

@@ -27,7 +27,6 @@ def _offline_hf_vit(**kwargs) -> None:
 
 def test_benchmark_trains_ensembles_and_tabulates(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    registry._ensure_registered()
     monkeypatch.setitem(registry._FACTORIES, "hf_vit", _offline_hf_vit)
     runs_dir, out = tmp_path / "runs", tmp_path / "bench"
     argv = ["benchmark", "--data", DATA, "--models", "vit_custom,hf_vit,efficientnet_lite0,ensemble",
@@ -119,8 +118,10 @@ def test_option_parsers() -> None:
     options = ["augment=false", "learning_rate=0.01", "bf16=none", "val_fraction=0.2"]
     assert B.parse_train_options(options) == {"augment": False, "learning_rate": 0.01, "bf16": None,
                                               "val_fraction": 0.2}
-    with pytest.raises(B.BenchmarkError, match="not a valid int"):
+    with pytest.raises(B.BenchmarkError, match="invalid int value: 'soon'"):
         B.parse_train_options(["early_stopping_patience=soon"])
+    with pytest.raises(B.BenchmarkError, match="invalid training option.*augment=maybe"):
+        B.parse_train_options(["augment=maybe"])
 
 
 def test_from_scratch_can_name_some_models(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_augmentation_changes_training_images_only() -> None:
     outs = [train_tf(img) for _ in range(4)]
     assert all(o.shape == (3, 32, 32) for o in outs)
     assert not all(torch.equal(outs[0], o) for o in outs[1:])
-    off = build_transform(pre, AugmentationConfig(enabled=False), train=True)
+    off = build_transform(pre, AugmentationConfig(augment=False), train=True)
     assert torch.equal(off(img), eval_tf(img))
 
 

@@ -11,7 +11,10 @@ import torch
 from conftest import make_class_folders
 from sklearn import metrics as skm
 
+from emotion import ensembles as ENS
 from emotion import evaluation as E
+from emotion import metrics as M
+from emotion import profiling as P
 from emotion.cli import main as cli_main
 from emotion.runs import read_json
 
@@ -23,7 +26,7 @@ def _random_predictions(n: int = 200, k: int = 4, seed: int = 0) -> tuple[np.nda
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, k, n)
     logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[labels]  # better than chance, not perfect
-    return E.softmax(logits), labels
+    return M.softmax(logits), labels
 
 
 # ----------------------------------------------------------------------------- pure metrics
@@ -32,7 +35,7 @@ def _random_predictions(n: int = 200, k: int = 4, seed: int = 0) -> tuple[np.nda
 def test_metrics_agree_with_scikit_learn() -> None:
     probs, y = _random_predictions()
     names = ["a", "b", "c", "d"]
-    m = E.classification_metrics(probs, y, names)
+    m = M.classification_metrics(probs, y, names)
     pred = probs.argmax(1)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
@@ -55,7 +58,7 @@ def test_metrics_on_a_hand_made_case_with_a_missing_class() -> None:
     # 3 classes; class 2 is neither present nor predicted -> macro averages skip it, like scikit-learn
     probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0], [0.3, 0.7, 0.0]])
     y = np.array([0, 1, 1, 1])
-    m = E.classification_metrics(probs, y, ["x", "y", "z"])
+    m = M.classification_metrics(probs, y, ["x", "y", "z"])
     pred = probs.argmax(1)
     assert m["accuracy"] == 0.75
     assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
@@ -64,7 +67,7 @@ def test_metrics_on_a_hand_made_case_with_a_missing_class() -> None:
     assert m["confusion_matrix"] == [[1, 0, 0], [1, 2, 0], [0, 0, 0]]
     assert m["confusion_matrix_normalized"][2] == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="labels"):
-        E.classification_metrics(probs, [0, 1, 1, 3], ["x", "y", "z"])
+        M.classification_metrics(probs, [0, 1, 1, 3], ["x", "y", "z"])
 
 
 def test_ece_and_reliability_curve_by_hand() -> None:
@@ -72,52 +75,52 @@ def test_ece_and_reliability_curve_by_hand() -> None:
     probs = np.array([[0.95, 0.05], [0.85, 0.15], [0.35, 0.65], [0.25, 0.75]])
     y = np.array([0, 1, 1, 1])
     # |1-.95| + |0-.85| + |1-.65| + |1-.75| = 1.5, over 4 images
-    assert E.expected_calibration_error(probs, y, n_bins=10) == pytest.approx(0.375)
+    assert M.expected_calibration_error(probs, y, n_bins=10) == pytest.approx(0.375)
     # two bins: all four in (0.5, 1]: accuracy 0.75, mean confidence 0.8
-    assert E.expected_calibration_error(probs, y, n_bins=2) == pytest.approx(0.05)
-    curve = E.reliability_curve(probs, y, n_bins=10)
+    assert M.expected_calibration_error(probs, y, n_bins=2) == pytest.approx(0.05)
+    curve = M.reliability_curve(probs, y, n_bins=10)
     assert curve["count"] == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
     assert curve["accuracy"][6:] == [1.0, 1.0, 0.0, 1.0] and curve["accuracy"][0] is None
     assert curve["confidence"][8] == pytest.approx(0.85)
     assert len(curve["edges"]) == 11
     # a perfectly calibrated bin contributes nothing
-    assert E.expected_calibration_error([[0.5, 0.5], [0.5, 0.5]], [0, 1], n_bins=4) == pytest.approx(0.0)
+    assert M.expected_calibration_error([[0.5, 0.5], [0.5, 0.5]], [0, 1], n_bins=4) == pytest.approx(0.0)
 
 
 def test_temperature_scaling_fixes_over_confidence_and_keeps_accuracy() -> None:
     rng = np.random.default_rng(1)
     n, k = 600, 3
     logits = rng.normal(scale=1.5, size=(n, k))
-    p_true = E.softmax(logits)
+    p_true = M.softmax(logits)
     y = np.array([rng.choice(k, p=row) for row in p_true])  # labels drawn from the calibrated model
     over = logits * 5  # the same ranking, far too sure
     val, test = slice(0, 300), slice(300, None)
-    t = E.fit_temperature(over[val], y[val], kind="logits")
+    t = M.fit_temperature(over[val], y[val], kind="logits")
     assert 3.5 < t < 7.0
-    before = E.softmax(over[test])
-    after = E.apply_temperature(over[test], t)
-    assert E.negative_log_likelihood(after, y[test]) < 0.8 * E.negative_log_likelihood(before, y[test])
-    assert E.expected_calibration_error(after, y[test]) < E.expected_calibration_error(before, y[test])
+    before = M.softmax(over[test])
+    after = M.apply_temperature(over[test], t)
+    assert M.negative_log_likelihood(after, y[test]) < 0.8 * M.negative_log_likelihood(before, y[test])
+    assert M.expected_calibration_error(after, y[test]) < M.expected_calibration_error(before, y[test])
     np.testing.assert_array_equal(after.argmax(1), before.argmax(1))
     # probabilities in, same answer (they are logits up to a per-row constant)
-    assert E.fit_temperature(E.softmax(over[val]), y[val]) == pytest.approx(t, rel=1e-3)
+    assert M.fit_temperature(M.softmax(over[val]), y[val]) == pytest.approx(t, rel=1e-3)
     # an under-confident model gets T < 1
-    assert E.fit_temperature(logits[val] / 4, y[val]) < 0.5
-    report = E.calibration_report(before, y[test], n_bins=10, temperature=t)
+    assert M.fit_temperature(logits[val] / 4, y[val]) < 0.5
+    report = M.calibration_report(before, y[test], n_bins=10, temperature=t)
     assert report["ece_calibrated"] < report["ece"] and report["temperature"] == t
 
 
 def test_simplex_grid_and_weight_fit_prefer_the_better_member() -> None:
-    grid = E.simplex_grid(3, 0.5)
+    grid = ENS.simplex_grid(3, 0.5)
     assert grid.tolist() == [[0, 0, 1], [0, 0.5, 0.5], [0, 1, 0], [0.5, 0, 0.5], [0.5, 0.5, 0], [1, 0, 0]]
     good, y = _random_predictions(300, 3, seed=2)
-    noise = E.softmax(np.random.default_rng(3).normal(size=(300, 3)))
-    fit = E.fit_ensemble_weights([noise, good], y, objective="nll", step=0.1)
+    noise = M.softmax(np.random.default_rng(3).normal(size=(300, 3)))
+    fit = ENS.fit_ensemble_weights([noise, good], y, objective="nll", step=0.1)
     assert fit["weights"][1] > 0.7 and fit["best"]["nll"] <= fit["equal_weights"]["nll"]
-    fit_f1 = E.fit_ensemble_weights([noise, good], y, objective="macro_f1", step=0.25)
+    fit_f1 = ENS.fit_ensemble_weights([noise, good], y, objective="macro_f1", step=0.25)
     assert fit_f1["weights"][1] >= 0.5 and fit_f1["best"]["macro_f1"] >= fit_f1["equal_weights"]["macro_f1"]
     with pytest.raises(ValueError, match="step"):
-        E.simplex_grid(2, 0.3)
+        ENS.simplex_grid(2, 0.3)
 
 
 # ----------------------------------------------------------------------------- model side
@@ -160,8 +163,8 @@ def test_predict_probabilities_and_flip_tta() -> None:
 
 def test_speed_measurements_report_what_they_measured() -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
-    lat = E.measure_latency(model, 8, repeats=3, warmup=1)
-    thr = E.measure_throughput(model, 8, batch_size=4, repeats=2)
+    lat = P.measure_latency(model, 8, repeats=3, warmup=1)
+    thr = P.measure_throughput(model, 8, batch_size=4, repeats=2)
     assert lat["latency_ms"] > 0 and lat["repeats"] == 3 and lat["device"] == "cpu" and lat["threads"] >= 1
     assert thr["throughput_ips"] > 0 and thr["batch_size"] == 4
 
@@ -197,7 +200,8 @@ def test_unsplit_folder_is_split_as_in_training(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two tiny vit_custom runs on the synthetic set (a few steps each), shared by this file's CLI tests."""
-    from emotion.training import TrainConfig, train
+    from emotion.config import TrainConfig
+    from emotion.training import train
 
     base = tmp_path_factory.mktemp("runs")
     cache = tmp_path_factory.getbasetemp() / "emotion-cache"  # the conftest's per-session cache

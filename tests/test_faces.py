@@ -23,19 +23,18 @@ skdata = pytest.importorskip("skimage.data")
 from emotion.data.sources import load_folder_dataset  # noqa: E402
 from emotion.faces import (  # noqa: E402
     CropConfig,
-    CropReport,
     DetectorConfig,
     Face,
     FaceDetectionError,
     FaceDetector,
     MissPolicy,
-    crop_dataset,
     crop_face,
     crop_image,
     fallback_crop,
     get_detector,
     select_face,
 )
+from emotion.face_crops import CropReport, crop_dataset  # noqa: E402
 from emotion.images import ImageLoadError, file_digest  # noqa: E402
 
 FACE_REGION = (180, 60, 268, 175)  # astronaut's face, measured on an overlay

@@ -26,15 +26,12 @@ from emotion.inference import (
     ImagePrediction,
     Predictor,
     PredictorConfig,
-    VideoConfig,
-    VideoPredictor,
     best_run,
-    box_iou,
-    ema,
     resolve_run,
 )
 from emotion.models import create_model
 from emotion.runs import RunError, save_model, write_json
+from emotion.video import VideoConfig, VideoPredictor, box_iou, ema, iou_matrix
 
 LABELS = ["angry", "happy", "sad"]
 FACE_REGION = (180, 60, 268, 175)  # the astronaut's face (see test_faces.py)
@@ -256,6 +253,15 @@ class CountingDetector:
         return self.inner.detect(image)
 
 
+def test_box_overlap_is_intersection_over_union() -> None:
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0  # degenerate boxes overlap nothing
+    ious = iou_matrix([(0, 0, 10, 10), (20, 20, 30, 30)], [(20, 20, 30, 30), (0, 0, 10, 10), (0, 0, 5, 10)])
+    np.testing.assert_allclose(ious, [[0, 1, 0.5], [1, 0, 0]])
+    assert iou_matrix([], [(0, 0, 1, 1)]).shape == (0, 1)
+
+
 def test_ema_is_an_exponential_moving_average() -> None:
     first = ema(None, [1.0, 0.0, 0.0], 0.5)
     np.testing.assert_allclose(first, [1.0, 0.0, 0.0])
@@ -429,18 +435,20 @@ def test_predictor_greys_faces_only_for_runs_trained_on_grayscale_images(tmp_pat
     assert Predictor.from_run(grey_run, PredictorConfig(grayscale=False)).grayscale is False
 
 
-def test_shared_predictors_are_reused_and_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inference, "_PREDICTORS", inference.OrderedDict())
-    monkeypatch.setattr(inference, "MAX_SHARED_PREDICTORS", 2)
-    dirs = [_save_run(tmp_path / f"r{i}") for i in range(3)]
+def test_shared_predictors_are_reused_and_bounded(tmp_path: Path) -> None:
+    inference._shared_predictor.cache_clear()
+    dirs = [_save_run(tmp_path / f"r{i}") for i in range(inference.MAX_SHARED_PREDICTORS + 1)]
     first = inference.get_predictor(dirs[0])
     assert inference.get_predictor(dirs[0]) is first  # one shared object per run and weights version
-    inference.get_predictor(dirs[1])
-    inference.get_predictor(dirs[0])  # touched: now the newest
-    inference.get_predictor(dirs[2])  # evicts r1, the least recently used
-    kept = [json.loads(k)[0] for k in inference._PREDICTORS]
-    assert kept == [str(dirs[0].resolve()), str(dirs[2].resolve())]
+    second = inference.get_predictor(dirs[1])
+    for run in dirs[2:-1]:
+        inference.get_predictor(run)
+    inference.get_predictor(dirs[0])  # touched: now the most recently used
+    inference.get_predictor(dirs[-1])  # one too many: evicts r1, the least recently used
+    assert inference._shared_predictor.cache_info().currsize == inference.MAX_SHARED_PREDICTORS
     assert inference.get_predictor(dirs[0]) is first
+    assert inference.get_predictor(dirs[1]) is not second  # loaded again
+    inference._shared_predictor.cache_clear()
 
 
 def test_flip_tta_averages_each_face_with_its_mirror(tmp_path: Path, astronaut: Image.Image) -> None:
@@ -463,7 +471,7 @@ def test_the_fitted_temperature_is_applied_unless_turned_off(run_dir: Path, astr
                                                              tmp_path: Path) -> None:
     import shutil
 
-    from emotion.evaluation import apply_temperature
+    from emotion.metrics import apply_temperature
     from emotion.inference import PredictorConfig
     from emotion.runs import write_json
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from emotion import jobs
-from emotion.jobs import JobError, JobQueue, config_from_command, train_command
-from emotion.training import TrainConfig
+from emotion import jobs, progress
+from emotion.cli import build_parser
+from emotion.config import TrainConfig
+from emotion.jobs import JobError, JobQueue
 
 DATA = "synthetic:n=24,test=6,size=48"
 
@@ -44,18 +46,30 @@ def _until(predicate, timeout: float = 120.0, what: str = "condition") -> None:
         time.sleep(0.2)
 
 
-def test_train_command_round_trips_through_the_cli_parser(tmp_path: Path) -> None:
+def _parsed(argv: list[str]) -> TrainConfig:
+    """The TrainConfig that ``python -m emotion train ARGV`` builds."""
+    args = build_parser(only="train").parse_args(argv)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def test_a_job_hands_its_whole_config_to_the_training_process(tmp_path: Path) -> None:
+    q = JobQueue(tmp_path / "jobs")
     config = _config(tmp_path, "x", classes="happy,sad", learning_rate=3e-4, augment=False, bf16=False,
-                     epochs=2.5, report_to="none", label_smoothing=0.0, seed=7)
-    command = train_command(config)
-    assert command[1:4] == ["-m", "emotion", "train"]
-    assert "--no-augment" in command and "--from-scratch" in command and "--no-bf16" in command
-    assert "--batch-size" in command and "--report-to" not in command  # defaults are left out
-    assert config_from_command(command) == config
+                     epochs=2.5, label_smoothing=0.0, seed=7)
+    job = q.submit(config, start=False)
+    assert job.command[1:5] == ["-m", "emotion", "train", "--config"]
+    assert _parsed(job.command[3:]) == dataclasses.replace(config, output_dir=str(Path(config.output_dir).resolve()))
     every_default = TrainConfig(output_dir=str(tmp_path / "d"))
-    assert config_from_command(train_command(every_default)) == every_default
-    # None for a text field means "all" and becomes '' (TrainConfig treats both alike)
-    assert config_from_command(train_command(_config(tmp_path, "y", classes=None))).classes == ""
+    assert _parsed(q.submit(every_default, start=False).command[3:]) == every_default
+    # flags after --config override it; a field the config does not have is refused, naming it
+    assert _parsed([*job.command[3:], "--seed", "9", "--augment", "true"]).seed == 9
+    (tmp_path / "odd.json").write_text(json.dumps({"model": "vit_custom", "epoch": 3}))
+    with pytest.raises(SystemExit):
+        _parsed(["--config", str(tmp_path / "odd.json")])
+    q.stop(job.id)
+    q.forget(job.id)
+    assert not (q.root / jobs.CONFIGS_DIR / f"{job.id}.json").exists()
 
 
 def test_a_job_runs_detached_to_completion(queue: JobQueue) -> None:
@@ -67,9 +81,9 @@ def test_a_job_runs_detached_to_completion(queue: JobQueue) -> None:
     assert job.returncode == 0
     assert (job.run_dir / "metrics.json").exists() and (job.run_dir / "model.safetensors").exists()
     assert "training process exited with code 0" in job.log_tail()
-    progress = job.progress()
-    assert progress["step"] == progress["max_steps"] == 2 and progress["fraction"] == 1.0
-    curves = jobs.training_curves(job.progress_records())
+    summary = job.progress()
+    assert summary["step"] == summary["max_steps"] == 2 and summary["fraction"] == 1.0
+    curves = progress.training_curves(job.progress_records())
     assert len(curves["train"]) == 2 and curves["eval"] and "accuracy" in curves["eval"][0]
     with pytest.raises(JobError, match="already holds a completed run"):
         queue.submit(_config(runs, "ok"))
@@ -116,7 +130,7 @@ def test_stop_then_resume_from_the_checkpoint(queue: JobQueue, tmp_path: Path) -
     assert job.state == jobs.RUNNING and job.attempts == 2
 
     def steps_after_resume() -> list[int]:
-        records = jobs.read_progress(job.run_dir)
+        records = progress.read_progress(job.run_dir)
         starts = [i for i, r in enumerate(records) if r["event"] == "start"]
         return [r["step"] for r in records[starts[-1]:] if r["event"] == "train"] if len(starts) > 1 else []
 
@@ -172,8 +186,8 @@ def test_concurrent_submissions_keep_every_job(queue: JobQueue, tmp_path: Path) 
 def test_log_tail_collapses_progress_bars(tmp_path: Path) -> None:
     log = tmp_path / "train.log"
     log.write_text("start\n 10%|#   | 1/10\r 50%|#####  | 5/10\r100%|##########| 10/10\nerror: boom\n")
-    assert jobs.tail(log).splitlines() == ["start", "100%|##########| 10/10", "error: boom"]
-    assert jobs.tail(tmp_path / "missing.log") == ""
+    assert progress.tail(log).splitlines() == ["start", "100%|##########| 10/10", "error: boom"]
+    assert progress.tail(tmp_path / "missing.log") == ""
 
 
 def test_progress_summary_counts_down_the_eta() -> None:
@@ -182,6 +196,6 @@ def test_progress_summary_counts_down_the_eta() -> None:
     from datetime import datetime
 
     later = datetime.fromisoformat("2030-01-01T00:00:10+00:00").timestamp()
-    summary = jobs.progress_summary(records, now=later)
+    summary = progress.progress_summary(records, now=later)
     assert summary["fraction"] == 0.25 and summary["eta_s"] == pytest.approx(20.0)
-    assert jobs.progress_summary([])["fraction"] == 0.0
+    assert progress.progress_summary([])["fraction"] == 0.0

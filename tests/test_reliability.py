@@ -24,7 +24,8 @@ from emotion.fileio import write_json
 from emotion.images import ImageLoadError, file_digest, image_header, load_image
 from emotion.names import InvalidNameError, child_folder, safe_name
 from emotion.runs import describe_run, load_run, read_json
-from emotion.training import TrainConfig, check_run_folder, remove_checkpoints, train
+from emotion.config import TrainConfig
+from emotion.training import check_run_folder, remove_checkpoints, train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = "synthetic:n=24,test=6,size=48"

@@ -43,3 +43,64 @@ def test_requirements_pin_facenet_and_leave_torch_to_pypi() -> None:
     reqs = (REPO / "requirements.txt").read_text()
     assert "facenet-pytorch==2.5.3" in reqs
     assert "torch==2.13.0" not in reqs
+
+
+def _emotion_imports() -> dict[str, dict[str, bool]]:
+    """``{module: {imported emotion module: imported inside a function?}}`` for every module of the package."""
+    modules = {}
+    for path in (REPO / "emotion").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph: dict[str, dict[str, bool]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        top_level = {id(node) for node in tree.body}
+        edges: dict[str, bool] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target in modules and target != name:
+                    edges[target] = edges.get(target, True) and id(node) not in top_level
+        graph[name] = edges
+    return graph
+
+
+def test_the_package_import_graph_has_no_cycle() -> None:
+    """Shared types live in leaf modules, so no module imports another inside a function to dodge a cycle.
+
+    (A package importing its own submodules is how ``emotion.models`` and ``emotion.explain``
+    assemble themselves, and does not count.)  Only the command line imports lazily: each
+    command loads its modules when it runs, so ``--help`` and ``audit`` start without torch.
+    """
+    graph = _emotion_imports()
+    lazy = sorted(f"{m} -> {t}" for m, edges in graph.items() for t, inside in edges.items()
+                  if inside and m != "emotion.cli")
+    assert not lazy, f"imports inside functions: {lazy}"
+
+    def is_own_submodule(module: str, target: str) -> bool:
+        return target.startswith(module + ".")
+
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in graph.get(module, {}):
+            if is_own_submodule(module, target) or is_own_submodule(target, module):
+                continue
+            if state.get(target) == 1:
+                cycle = path[path.index(target):] + [target] if target in path else [module, target]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

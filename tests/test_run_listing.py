@@ -11,9 +11,11 @@ import pytest
 
 from emotion import paths
 from emotion.benchmark import columns, run_row, runs_table, table_csv
-from emotion.evaluation import create_ensemble, evaluate_run, saved_evaluations
+from emotion.ensembles import create_ensemble
+from emotion.evaluation import evaluate_run, saved_evaluations
 from emotion.runs import describe_run, list_runs
-from emotion.training import TrainConfig, train
+from emotion.config import TrainConfig
+from emotion.training import train
 
 DATA = "synthetic:n=24,test=6,size=48"
 

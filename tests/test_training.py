@@ -13,7 +13,8 @@ from transformers import TrainerCallback
 
 from emotion.cli import main as cli_main
 from emotion.runs import load_run, read_json
-from emotion.training import TrainConfig, train
+from emotion.config import TrainConfig
+from emotion.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = "synthetic:n=24,test=6,size=48"

@@ -14,9 +14,11 @@ from typing import Optional
 import streamlit as st
 
 from emotion import jobs, paths
+from emotion.config import QUICK_EPOCHS, QUICK_IMAGE_SIZE, quick_train_config
 from emotion.data.sources import DatasetSplits
 from emotion.inference import Predictor, PredictorConfig, RunChoice, get_predictor, resolve_run
 from emotion.runs import RunError, describe_run, is_complete, list_runs
+from ui.state import active_spec, dataset_sidebar
 
 AUTO = "automatic"
 
@@ -49,7 +51,7 @@ def teacher_choices() -> dict[str, Path]:
 def queue_quick_model(spec: str, classes: Optional[str], dataset: DatasetSplits) -> Optional[jobs.Job]:
     """Queue the quick EfficientNet-Lite0 run on the active dataset; shows the outcome."""
     try:
-        job = jobs.JobQueue().submit(jobs.quick_train_config(spec, classes, len(dataset.train)))
+        job = jobs.JobQueue().submit(quick_train_config(spec, classes, len(dataset.train)))
     except (ValueError, OSError) as exc:
         st.error(str(exc))
         return None
@@ -89,8 +91,8 @@ def model_status(dataset: Optional[DatasetSplits], spec: str, classes: Optional[
     if dataset is None:
         st.info("Choose a dataset in the sidebar (e.g. `synthetic`) to train a quick model on it.")
         return False
-    st.markdown(f"One click trains a small EfficientNet-Lite0 ({jobs.QUICK_IMAGE_SIZE} px, ImageNet "
-                f"weights that ship with the package, ≤ {jobs.QUICK_EPOCHS} epochs) on **`{spec}`** "
+    st.markdown(f"One click trains a small EfficientNet-Lite0 ({QUICK_IMAGE_SIZE} px, ImageNet "
+                f"weights that ship with the package, ≤ {QUICK_EPOCHS} epochs) on **`{spec}`** "
                 "in the background; on the synthetic set that takes a few minutes on a CPU.")
     if st.button("Train a quick model", type="primary", key=key):
         queue_quick_model(spec, classes, dataset)
@@ -175,3 +177,23 @@ def pick_model(dataset: Optional[DatasetSplits], spec: str, classes: Optional[st
     if predictor is not None:
         st.caption(describe_choice(choice, predictor))
     return predictor
+
+
+def model_page(key: str, choose_backend: bool = False) -> tuple[Optional[DatasetSplits], str, Optional[str], Predictor]:
+    """The start every page that uses a model shares (Predict, Explain): data sidebar, model picker.
+
+    Returns (dataset, spec, classes, predictor); stops the page, with the quick-model
+    offer, while there is no model to use.
+    """
+    dataset = dataset_sidebar()
+    spec, classes = active_spec()
+    backend = "torch"
+    if choose_backend:
+        backend = str(st.sidebar.radio(
+            "Classifier backend", ["torch", "onnx"], horizontal=True, key=f"{key}_backend",
+            help="onnx: the same network run by onnxruntime on the CPU, about 3x faster per face for the "
+                 "shipped model (same probabilities within 1e-4)"))
+    predictor = pick_model(dataset, spec, classes, key=key, backend=backend)
+    if predictor is None:
+        st.stop()
+    return dataset, spec, classes, predictor

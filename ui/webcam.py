@@ -1,4 +1,4 @@
-"""Live webcam for the Predict page: streamlit-webrtc frames through ``emotion.inference.VideoPredictor``.
+"""Live webcam for the Predict page: streamlit-webrtc frames through ``emotion.video.VideoPredictor``.
 
 Each browser session gets its own :class:`LiveAnnotator` (face tracks, the
 detector every k frames, per-face moving averages) over the shared, read-only
@@ -22,7 +22,8 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from emotion.inference import ImagePrediction, Predictor, VideoConfig, VideoPredictor
+from emotion.inference import ImagePrediction, Predictor
+from emotion.video import VideoConfig, VideoPredictor
 from ui.predict import annotate, run_key
 
 logger = logging.getLogger(__name__)

@@ -11,23 +11,19 @@ says what to do instead of hanging on retries.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from emotion.data.sources import DatasetError, DatasetSplits, load_folder_dataset
+from emotion.data.folders import load_folder_dataset
+from emotion.data.types import DatasetError, DatasetSplits, default_cache_dir
+from emotion.fileio import atomic_folder
 from emotion.hf_hub import hub_reachable, offline_hub, offline_message
+from emotion.names import folder_name, slug
 
 logger = logging.getLogger(__name__)
 
 _EVAL_SPLITS = ("test", "validation", "valid", "val")
 _ALTERNATIVE = "export it to class folders (train/<class>/*.png) and pass that folder instead"
-
-
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
 
 
 def _open(spec: str):
@@ -95,9 +91,8 @@ def _columns(ds) -> tuple[str, str, list[str]]:
 
 def _export(dsdict, target: Path) -> None:
     """Write every split as ``<split>/<class>/<index>.png`` into ``target`` atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         for split_name, ds in dsdict.items():
             out_split = "train" if split_name == "train" else (
                 "test" if split_name == "test" else "val" if split_name in _EVAL_SPLITS else None)
@@ -106,19 +101,13 @@ def _export(dsdict, target: Path) -> None:
                 continue
             image_col, label_col, names = _columns(ds)
             for name in names:
-                (tmp / out_split / _safe_name(name)).mkdir(parents=True, exist_ok=True)
+                (tmp / out_split / folder_name(name)).mkdir(parents=True, exist_ok=True)
             for i, row in enumerate(ds):
                 img = row[image_col]
-                if img is None:
-                    continue
-                img.convert("RGB").save(tmp / out_split / _safe_name(names[row[label_col]]) / f"{i:06d}.png")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not target.exists():  # another process finished first: use its copy
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                if img is not None:
+                    img.convert("RGB").save(tmp / out_split / folder_name(names[row[label_col]]) / f"{i:06d}.png")
+
+    atomic_folder(target, build)
 
 
 def load_hf_dataset(
@@ -129,8 +118,6 @@ def load_hf_dataset(
     seed: int = 0,
 ) -> DatasetSplits:
     """A Hugging Face dataset as :class:`DatasetSplits`, exported to class folders once."""
-    from emotion.data.sources import default_cache_dir
-
     dsdict = _open(spec)
     if not hasattr(dsdict, "keys"):  # a single Dataset: treat it as train
         import datasets
@@ -140,7 +127,7 @@ def load_hf_dataset(
         raise DatasetError(f"dataset {spec!r} has no 'train' split (found {list(dsdict)})")
     fingerprint = "-".join(getattr(d, "_fingerprint", "") or "" for d in dsdict.values())[:64]
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = cache_root / "hf" / f"{_safe_name(spec)}-{_safe_name(fingerprint) or 'nofp'}"
+    target = cache_root / "hf" / f"{slug(spec)}-{slug(fingerprint, fallback='nofp')}"
     if not target.exists():
         logger.info("exporting %s to %s", spec, target)
         _export(dsdict, target)

@@ -1,347 +1,45 @@
-"""Find labelled face images and describe them as train/test splits.
+"""Resolve what a user names as data (``--data``, the app's sidebar) into :class:`DatasetSplits`.
 
 Everything the project trains on becomes a :class:`DatasetSplits`: a list of
 (image file, label) records per split plus the ordered class names.  Three
 kinds of source resolve to it:
 
-* class folders on disk: the Human Emotions Dataset layout
-  (``Emotions Dataset/Emotions Dataset/train|test/<class>/*.jpg``, found from
-  the outer folder), any ``train/`` + ``test/`` (or ``val/``) pair, or one
-  folder of class subfolders that is split stratified 80/20 with a fixed seed;
-* ``synthetic``: the generated demo set (materialised once into a cache folder);
+* class folders on disk (:mod:`emotion.data.folders`);
+* ``synthetic``: the generated demo set, materialised once into a cache folder
+  (:mod:`emotion.data.synthetic`);
 * ``hf:<dataset id>``: a Hugging Face ``datasets`` dataset, exported once into a
-  class-folder cache so that audit, EDA and training treat it like any folder.
+  class-folder cache so that audit, EDA and training treat it like any folder
+  (:mod:`emotion.data.hub`).
+
+The names callers need from all of them are importable from here.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import random
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from emotion import paths
-from emotion.fileio import write_json
-from emotion.images import ImageLoadError, image_header, is_image_file, regular_file_problem
+from emotion.data.folders import (
+    load_exclusions,
+    load_folder_dataset,
+    parse_classes,
+    save_exclusions,
+    stratified_split,
+    validation_holdout,
+)
+from emotion.data.hub import load_hf_dataset
+from emotion.data.synthetic import SyntheticConfig, materialize_synthetic
+from emotion.data.types import DEFAULT_CLASSES, DatasetError, DatasetSplits, Sample, default_cache_dir
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "DEFAULT_CLASSES", "DatasetError", "DatasetSplits", "Sample", "check_data_root", "default_cache_dir",
+    "load_dataset_spec", "load_exclusions", "load_folder_dataset", "parse_classes", "save_exclusions",
+    "stratified_split", "validation_holdout",
+]
 
-DEFAULT_CLASSES = ("angry", "happy", "sad")
-TRAIN_NAMES = ("train", "training")
-EVAL_NAMES = ("test", "val", "valid", "validation")
 SYNTHETIC_NAME = "synthetic"
 HF_PREFIX = "hf:"
-MAX_SEARCH_DEPTH = 4
-
-
-class DatasetError(ValueError):
-    """The dataset cannot be used as given; the message says what was found and what to do."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One labelled image file."""
-
-    path: Path
-    label: int
-
-
-@dataclass
-class DatasetSplits:
-    """Labelled image files per split, with the class names their labels index."""
-
-    name: str
-    classes: list[str]
-    splits: dict[str, list[Sample]]
-    source: str  # "folder", "hes", "split-folder", "synthetic" or "hf"
-    root: Optional[Path] = None
-    notes: list[str] = field(default_factory=list)
-    # files with an image name that are no regular file (named pipes, devices, link loops): never
-    # opened, since reading a pipe blocks forever; {"file", "split", "class", "error"} each
-    skipped: list[dict] = field(default_factory=list)
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Images per class for every split, classes in label order."""
-        out = {}
-        for split, samples in self.splits.items():
-            c = Counter(s.label for s in samples)
-            out[split] = {name: c.get(i, 0) for i, name in enumerate(self.classes)}
-        return out
-
-    @property
-    def train(self) -> list[Sample]:
-        return self.splits["train"]
-
-    @property
-    def eval_split(self) -> str:
-        """Name of the held-out split ("test" or "val")."""
-        for name in ("test", "val"):
-            if name in self.splits:
-                return name
-        raise DatasetError(f"dataset {self.name!r} has no test or val split")
-
-    def describe(self) -> dict:
-        """A JSON-friendly summary (for the app, run folders and logs)."""
-        return {
-            "name": self.name,
-            "source": self.source,
-            "root": str(self.root) if self.root else None,
-            "classes": list(self.classes),
-            "counts": self.counts(),
-            "notes": list(self.notes),
-        }
-
-    def is_grayscale(self, split: str = "train", sample_size: int = 256, seed: int = 0) -> bool:
-        """Whether the split's images are single-channel (e.g. FER2013), judged from file headers.
-
-        Runs record it so prediction can grey colour photos the way the model saw its faces.
-        Reads at most ``sample_size`` headers (a seeded sample); unreadable files (decompression
-        bombs, pipes, damaged headers) are ignored, never raised: this runs after training.
-        """
-        samples = list(self.splits.get(split, []))
-        if len(samples) > sample_size:
-            samples = random.Random(seed).sample(samples, sample_size)
-        modes = []
-        for sample in samples:
-            try:
-                modes.append(image_header(sample.path)[0])
-            except ImageLoadError:
-                continue
-        return bool(modes) and all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
-
-    def exclude(self, paths: Iterable[Union[str, Path]],
-                only: Optional[Sequence[str]] = None) -> "DatasetSplits":
-        """A copy without the given files (e.g. images flagged by the audit).
-
-        ``only`` limits the removal to some splits: training excludes from
-        ``train`` alone so that test scores stay comparable between runs.
-        The files themselves are never touched.
-        """
-        drop = {str(Path(p).resolve()) for p in paths}
-        splits = {
-            k: [s for s in v if (only is not None and k not in only) or str(s.path.resolve()) not in drop]
-            for k, v in self.splits.items()
-        }
-        removed = sum(len(v) for v in self.splits.values()) - sum(len(v) for v in splits.values())
-        notes = self.notes + ([f"excluded {removed} flagged image(s)"] if removed else [])
-        return DatasetSplits(self.name, list(self.classes), splits, self.source, self.root, notes,
-                             list(self.skipped))
-
-
-def parse_classes(classes: Union[None, str, Sequence[str]]) -> Optional[list[str]]:
-    """Accept ``"angry,happy,sad"`` or a list; ``None``/empty means all classes."""
-    if classes is None:
-        return None
-    if isinstance(classes, str):
-        items = [c.strip() for c in classes.split(",")]
-    else:
-        items = [str(c).strip() for c in classes]
-    items = [c for c in items if c]
-    if not items:
-        return None
-    dupes = [c for c, n in Counter(items).items() if n > 1]
-    if dupes:
-        raise DatasetError(f"class list names {dupes} more than once: {items}")
-    return items
-
-
-def _class_dirs(folder: Path) -> dict[str, Path]:
-    """Subfolders of ``folder`` that hold at least one image file (directly or nested)."""
-    out = {}
-    for child in sorted(folder.iterdir()):
-        if child.is_dir() and not child.name.startswith(".") and any(_iter_images(child)):
-            out[child.name] = child
-    return out
-
-
-def _iter_images(folder: Path, skipped: Optional[list[tuple[Path, str]]] = None) -> Iterable[Path]:
-    """Image files below ``folder``, sorted; non-regular ones go to ``skipped`` as (path, reason)."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if is_image_file(name):
-                path = Path(dirpath) / name
-                problem = regular_file_problem(path)
-                if problem is None:
-                    yield path
-                elif skipped is not None:
-                    skipped.append((path, problem))
-
-
-def _find_child(folder: Path, names: Sequence[str]) -> Optional[Path]:
-    lower = {c.name.lower(): c for c in folder.iterdir() if c.is_dir()}
-    for n in names:
-        if n in lower:
-            return lower[n]
-    return None
-
-
-def _find_split_root(root: Path, depth: int = 0) -> Optional[Path]:
-    """The first folder at or below ``root`` that has a train and a test/val subfolder.
-
-    Searches breadth-first so that the HES layout
-    (``Emotions Dataset/Emotions Dataset/train``) is found from its outer folder.
-    """
-    frontier = [root]
-    for _ in range(MAX_SEARCH_DEPTH + 1):
-        nxt = []
-        for folder in frontier:
-            if _find_child(folder, TRAIN_NAMES) and _find_child(folder, EVAL_NAMES):
-                return folder
-            nxt.extend(
-                sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith("."))
-            )
-        frontier = nxt
-    return None
-
-
-def _select_classes(found: Sequence[str], wanted: Optional[list[str]], where: Path) -> list[str]:
-    if wanted is None:
-        return sorted(found)
-    lower = {c.lower(): c for c in found}
-    missing = [c for c in wanted if c not in found and c.lower() not in lower]
-    if missing:
-        raise DatasetError(
-            f"class(es) {missing} not found in {where}; available: {sorted(found)}. "
-            "Fix the --classes list or the folder names."
-        )
-    return [c if c in found else lower[c.lower()] for c in wanted]
-
-
-def _samples_from(folder: Path, classes: list[str], split: str = "",
-                  skipped: Optional[list[dict]] = None) -> list[Sample]:
-    dirs = {name.lower(): path for name, path in _class_dirs(folder).items()}
-    samples = []
-    for label, name in enumerate(classes):
-        path = dirs.get(name.lower())
-        if path is None:
-            continue
-        odd: list[tuple[Path, str]] = []
-        samples.extend(Sample(p, label) for p in _iter_images(path, odd))
-        if skipped is not None:
-            skipped.extend({"file": str(p), "split": split, "class": name, "error": f"{p}: {why}"}
-                           for p, why in odd)
-    return samples
-
-
-def stratified_split(
-    samples: Sequence[Sample], test_fraction: float = 0.2, seed: int = 0
-) -> tuple[list[Sample], list[Sample]]:
-    """Split per class so both parts keep the class proportions; same seed, same split.
-
-    Every class with at least two images contributes at least one to each part.
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise DatasetError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    by_label: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_label.setdefault(s.label, []).append(s)
-    rng = random.Random(seed)
-    train, test = [], []
-    for label in sorted(by_label):
-        items = sorted(by_label[label], key=lambda s: str(s.path))
-        rng.shuffle(items)
-        n_test = int(round(len(items) * test_fraction))
-        if len(items) >= 2:
-            n_test = min(max(n_test, 1), len(items) - 1)
-        else:
-            n_test = 0
-        test.extend(items[:n_test])
-        train.extend(items[n_test:])
-    return train, test
-
-
-def validation_holdout(
-    splits: DatasetSplits, val_fraction: float, seed: int
-) -> tuple[list[Sample], list[Sample], str]:
-    """(train, validation, description): the data's ``val`` split, else a stratified share of train.
-
-    Training and evaluation both call this, so temperature or ensemble weights
-    are fitted on exactly the images a run held out, never on its training images.
-    """
-    if "val" in splits.splits:
-        return list(splits.train), list(splits.splits["val"]), "val split"
-    train, val = stratified_split(splits.train, val_fraction, seed)
-    return train, val, f"stratified {val_fraction:.0%} of train (seed {seed})"
-
-
-def load_folder_dataset(
-    root: Union[str, Path],
-    classes: Union[None, str, Sequence[str]] = None,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> DatasetSplits:
-    """Class-folder dataset from ``root`` (HES, train/test pair or one folder to split)."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise DatasetError(f"dataset folder {root} does not exist")
-    if not root.is_dir():
-        raise DatasetError(f"{root} is a file; point at the folder that holds the class folders")
-    wanted = parse_classes(classes)
-    notes: list[str] = []
-    skipped: list[dict] = []
-    split_root = _find_split_root(root)
-    if split_root is not None:
-        train_dir = _find_child(split_root, TRAIN_NAMES)
-        eval_dir = _find_child(split_root, EVAL_NAMES)
-        assert train_dir is not None and eval_dir is not None
-        found = list(_class_dirs(train_dir))
-        if not found:
-            raise DatasetError(f"{train_dir} has no class subfolders with images")
-        chosen = _select_classes(found, wanted, train_dir)
-        eval_name = "test" if eval_dir.name.lower() == "test" else "val"
-        eval_classes = {c.lower() for c in _class_dirs(eval_dir)}
-        absent = [c for c in chosen if c.lower() not in eval_classes]
-        if absent:
-            notes.append(f"{eval_dir.name}/ has no images for {absent}")
-        extra = sorted(set(_class_dirs(eval_dir)) - set(found))
-        if extra and wanted is None:
-            notes.append(f"{eval_dir.name}/ classes {extra} are missing from train/ and ignored")
-        splits = {
-            "train": _samples_from(train_dir, chosen, "train", skipped),
-            eval_name: _samples_from(eval_dir, chosen, eval_name, skipped),
-        }
-        source = "hes" if split_root != root else "folder"
-        data_root = split_root
-    else:
-        lone_train = _find_child(root, TRAIN_NAMES)
-        if lone_train is not None and _class_dirs(lone_train):
-            # train/ without test/: split train/ itself rather than calling "train" a class
-            notes.append(f"{lone_train.name}/ has no test/ or val/ sibling")
-            root = lone_train
-        found = list(_class_dirs(root))
-        if not found:
-            raise DatasetError(
-                f"no images found under {root}. Expected class folders "
-                "(root/<class>/*.jpg), a train/ and test/ (or val/) pair of them, "
-                "or the Human Emotions Dataset folder."
-            )
-        chosen = _select_classes(found, wanted, root)
-        train, test = stratified_split(_samples_from(root, chosen, "train", skipped), test_fraction, seed)
-        splits = {"train": train, "test": test}
-        notes.append(f"no train/test folders: split stratified {1 - test_fraction:.0%}/"
-                     f"{test_fraction:.0%} with seed {seed}")
-        source = "split-folder"
-        data_root = root
-    if not splits["train"]:
-        raise DatasetError(f"the train split of {data_root} has no images for classes {chosen}")
-    if skipped:
-        notes.append(f"skipped {len(skipped)} file(s) that are not regular files, e.g. {skipped[0]['error']}")
-        logger.warning("%s: %s", data_root, notes[-1])
-    name = (data_root.parent.name if data_root.name.lower() in TRAIN_NAMES else data_root.name)
-    return DatasetSplits(name or str(data_root), chosen, splits, source, data_root, notes, skipped)
-
-
-def default_cache_dir() -> Path:
-    """Where generated and exported datasets and decoded images are cached."""
-    env = os.environ.get("EMOTION_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emotion-studio"
 
 
 def load_dataset_spec(
@@ -361,16 +59,12 @@ def load_dataset_spec(
         raise DatasetError("no dataset given: pass a folder path, 'synthetic' or 'hf:<dataset id>'")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if text == SYNTHETIC_NAME or text.startswith(SYNTHETIC_NAME + ":"):
-        from emotion.data.synthetic import SyntheticConfig, materialize_synthetic
-
         config = SyntheticConfig.from_spec(text)
         folder = materialize_synthetic(config, cache_dir / "synthetic")
         ds = load_folder_dataset(folder, classes=classes, test_fraction=test_fraction, seed=seed)
         ds.name, ds.source = text, "synthetic"
         return ds
     if text.startswith(HF_PREFIX):
-        from emotion.data.hub import load_hf_dataset
-
         for local in ("imagefolder:", "disk:"):
             if text[len(HF_PREFIX):].startswith(local):
                 check_data_root(Path(text[len(HF_PREFIX) + len(local):]))
@@ -387,23 +81,3 @@ def check_data_root(folder: Path) -> None:
         raise DatasetError(f"{folder} is outside the dataset folders this server allows ({allowed}); "
                            f"use a folder inside one of them, 'synthetic', or ask the operator to add it "
                            f"to {paths.DATA_ROOTS_ENV}")
-
-
-def save_exclusions(path: Union[str, Path], files: Iterable[Union[str, Path]], reason: str) -> Path:
-    """Record files to leave out of training (used by the EDA page); never deletes them."""
-    path = Path(path)
-    write_json(path, {"reason": reason, "files": sorted({str(Path(f).resolve()) for f in files})})
-    return path
-
-
-def load_exclusions(path: Union[str, Path]) -> list[str]:
-    """Files listed by :func:`save_exclusions`; a missing file means none."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    try:
-        data = json.loads(path.read_text())
-        files = data["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DatasetError(f"exclusion list {path} is malformed ({exc}); delete or fix it") from None
-    return [str(f) for f in files]

@@ -26,10 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,7 +34,8 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image, ImageDraw
 
-from emotion.data.sources import DatasetError
+from emotion.data.types import DatasetError
+from emotion.fileio import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +53,6 @@ MAX_PER_CLASS = 100_000
 MARKER_NAME = "config.json"
 SPLITS: tuple[str, ...] = ("train", "test")
 _SPLIT_KEYS = {"train": 0, "test": 1}
-_TMP_PREFIX = ".tmp-"
-_STALE_TMP_SECONDS = 6 * 3600  # leftover temp folders older than this are deleted
 
 
 # --------------------------------------------------------------------------- config
@@ -876,18 +872,6 @@ def _is_complete(folder: Path, config: SyntheticConfig) -> bool:
     return isinstance(data, dict) and data.get("cache_key") == config.cache_key()
 
 
-def _remove_stale_temps(cache_root: Path, key: str) -> None:
-    """Delete ``key``'s temp folders left by crashed runs, once old enough that nobody writes them."""
-    now = time.time()
-    for tmp in cache_root.glob(f"{_TMP_PREFIX}{key}-*"):
-        try:
-            if now - tmp.stat().st_mtime > _STALE_TMP_SECONDS:
-                logger.info("removing leftover temporary folder %s", tmp)
-                shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def materialize_synthetic(config: SyntheticConfig, cache_root: Path) -> Path:
     """Return ``cache_root/<config.cache_key()>/``, generating it the first time.
 
@@ -903,34 +887,16 @@ def materialize_synthetic(config: SyntheticConfig, cache_root: Path) -> Path:
     if _is_complete(final, config):
         logger.debug("reusing synthetic dataset %s", final)
         return final
-    cache_root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(cache_root, key)
-    tmp = cache_root / f"{_TMP_PREFIX}{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    def build(tmp: Path) -> None:
         generate_synthetic(config, tmp)
         meta = dict(config.as_dict(), cache_key=key, spec=config.to_spec())
-        (tmp / MARKER_NAME).write_text(json.dumps(meta, indent=2))
-        if final.exists() and not _is_complete(final, config):
-            # Not ours and not complete (e.g. copied by hand): move it aside, then replace.
-            trash = cache_root / f"{_TMP_PREFIX}{key}-broken-{uuid.uuid4().hex[:8]}"
-            logger.warning("replacing incomplete synthetic dataset folder %s", final)
-            try:
-                os.replace(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            except OSError:
-                pass
-        try:
-            os.replace(tmp, final)
-        except OSError as exc:
-            if not _is_complete(final, config):
-                raise DatasetError(
-                    f"could not move the generated synthetic dataset into {final} ({exc}); "
-                    "delete that folder and retry"
-                ) from exc
-            logger.info("another process generated %s first; using it", final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / MARKER_NAME).write_text(json.dumps(meta, indent=2))  # written last: marks the set complete
+
+    try:
+        atomic_folder(final, build, lambda folder: _is_complete(folder, config))
+    except OSError as exc:
+        raise DatasetError(f"could not move the generated synthetic dataset into {final} ({exc}); "
+                           "delete that folder and retry") from exc
     if not _is_complete(final, config):
         raise DatasetError(
             f"could not create the synthetic dataset in {final}; check that the folder is writable"

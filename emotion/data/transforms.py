@@ -6,7 +6,8 @@ the train and eval pipelines are built from it here and never restated.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -34,40 +35,52 @@ class PreprocessConfig:
             raise ValueError(f"std values must be positive, got {self.std}")
 
 
+# (low, high, high included): the one statement of each augmentation bound; the Train page's widgets use it too
+AUGMENTATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "rotation_degrees": (0.0, 180.0, True),
+    "brightness": (0.0, 1.0, False),
+    "contrast": (0.0, 1.0, False),
+    "crop_scale_min": (0.1, 1.0, True),
+    "blur_sharpen": (0.0, 1.0, True),
+    "erasing": (0.0, 1.0, True),
+}
+
+
 @dataclass
 class AugmentationConfig:
-    """Training-time augmentation; ``enabled=False`` turns all of it off."""
+    """Training-time augmentation; ``augment=False`` turns all of it off."""
 
-    enabled: bool = field(default=True, metadata={"help": "apply augmentation to training images"})
-    rotation_degrees: float = field(default=12.0, metadata={"help": "max random rotation (degrees)"})
-    brightness: float = field(default=0.3, metadata={"help": "brightness jitter factor (0 = off)"})
-    contrast: float = field(default=0.3, metadata={"help": "contrast jitter factor (0 = off)"})
-    horizontal_flip: bool = field(default=True, metadata={"help": "random left-right flip"})
-    crop_scale_min: float = field(
-        default=0.8, metadata={"help": "random-resized-crop minimum area fraction (1 = no crop)"}
-    )
+    augment: bool = field(default=True, metadata={"help": "augment training images"})
+    rotation_degrees: float = field(default=12.0, metadata={"help": "augmentation: max random rotation (degrees)"})
+    brightness: float = field(default=0.3, metadata={"help": "augmentation: brightness jitter factor (0 = off)"})
+    contrast: float = field(default=0.3, metadata={"help": "augmentation: contrast jitter factor (0 = off)"})
+    horizontal_flip: bool = field(default=True, metadata={"help": "augmentation: random left-right flips"})
+    crop_scale_min: float = field(default=0.8, metadata={
+        "help": "augmentation: random-resized-crop minimum area fraction (1 = no crop)"})
     blur_sharpen: float = field(default=0.0, metadata={
-        "help": "probability of a random Gaussian blur or sharpening (0 = off): upscaled 48 px crops "
-                "look soft, downscaled photos sharp; this teaches the model to ignore the difference"})
+        "help": "augmentation: probability of a random Gaussian blur or sharpening (0 = off): upscaled 48 px "
+                "crops look soft, downscaled photos sharp; this teaches the model to ignore the difference"})
     erasing: float = field(default=0.0, metadata={
-        "help": "probability of erasing a random rectangle (occlusion by hands, glasses, hair; 0 = off)"})
+        "help": "augmentation: probability of erasing a random rectangle (occlusion by hands, glasses, hair; "
+                "0 = off)"})
 
     def __post_init__(self) -> None:
-        if not 0 <= self.rotation_degrees <= 180:
-            raise ValueError(f"rotation_degrees must be in [0, 180], got {self.rotation_degrees}")
-        for name in ("brightness", "contrast"):
+        self.check_augmentation()
+
+    def check_augmentation(self) -> None:
+        for name, (low, high, high_included) in AUGMENTATION_BOUNDS.items():
             value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} jitter must be in [0, 1), got {value}")
-        if not 0.1 <= self.crop_scale_min <= 1.0:
-            raise ValueError(f"crop_scale_min must be in [0.1, 1], got {self.crop_scale_min}")
-        for name in ("blur_sharpen", "erasing"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name} is a probability and must be in [0, 1], got {value}")
+            if not (low <= value <= high if high_included else low <= value < high):
+                closing = "]" if high_included else ")"
+                raise ValueError(f"{name} must be in [{low:g}, {high:g}{closing}, got {value}")
+
+    @property
+    def augmentation(self) -> "AugmentationConfig":
+        """The augmentation part alone (what :func:`emotion.data.transforms.build_transform` takes)."""
+        return AugmentationConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AugmentationConfig)})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return dataclasses.asdict(self)
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -87,7 +100,7 @@ def build_transform(
     """
     size = int(preprocess.input_size)
     ops: list = [v2.Lambda(_to_tensor)]
-    aug = augmentation if (train and augmentation is not None and augmentation.enabled) else None
+    aug = augmentation if (train and augmentation is not None and augmentation.augment) else None
     if aug is not None and aug.crop_scale_min < 1.0:
         ops.append(v2.RandomResizedCrop(size, scale=(aug.crop_scale_min, 1.0), ratio=(0.9, 1.1),
                                         antialias=True))

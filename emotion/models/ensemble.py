@@ -9,8 +9,7 @@ so evaluation, prediction and explanations treat an ensemble like any model.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,21 +58,3 @@ def ensemble_config(configs: Sequence[ModelConfig]) -> ModelConfig:
         weight_sources=("trained member runs",),
         cam_target="", description="probability average of " + ", ".join(c.name for c in configs),
     )
-
-
-def build_ensemble(run_dirs: Sequence[Union[str, Path]], weights: Optional[Sequence[float]] = None,
-                   _depth: int = 0):
-    """Load member runs and combine them; returns (module, config, labels)."""
-    from emotion.runs import load_run
-
-    if len(run_dirs) < 2:
-        raise ModelError(f"an ensemble needs at least 2 runs, got {len(run_dirs)}")
-    loaded = [load_run(d, _ensemble_depth=_depth) for d in run_dirs]
-    labels = loaded[0].labels
-    for run in loaded[1:]:
-        if run.labels != labels:
-            raise ModelError(f"ensemble members disagree on classes: {run.path} has {run.labels}, "
-                             f"{loaded[0].path} has {labels}")
-    configs = [r.config for r in loaded]
-    module = EnsembleModel([r.module for r in loaded], configs, weights).eval()
-    return module, ensemble_config(configs), labels

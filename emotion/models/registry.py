@@ -86,18 +86,11 @@ def register_model(config: ModelConfig) -> Callable[[Factory], Factory]:
     return wrap
 
 
-def _ensure_registered() -> None:
-    # importing the zoo runs the @register_model decorators
-    from emotion.models import zoo  # noqa: F401
-
-
 def list_models() -> list[str]:
-    _ensure_registered()
     return sorted(_FACTORIES)
 
 
 def get_model_config(name: str) -> ModelConfig:
-    _ensure_registered()
     if name not in _CONFIGS:
         raise ModelError(f"unknown model {name!r}; available: {', '.join(sorted(_CONFIGS))}")
     return _CONFIGS[name]

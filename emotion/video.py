@@ -1,0 +1,193 @@
+"""Emotions in a stream of frames (the webcam): tracked faces, the detector every k frames, smoothing.
+
+:class:`VideoPredictor` wraps a shared :class:`~emotion.inference.Predictor`:
+between detections it reuses the tracked boxes, re-detecting early when a face
+crop changes; each face's probabilities are an exponential moving average over
+its track, so labels do not flicker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import ops
+
+from emotion.faces import (
+    Face,
+    get_detector,
+)
+from emotion.images import ImageInput, load_image
+from emotion.inference import FacePrediction, ImagePrediction, Predictor, class_probs
+
+logger = logging.getLogger(__name__)
+
+VIDEO_MAX_SIDE = 320  # webcam frames are detected at this size (about 33 ms on 2 cores for 640x480)
+
+
+@dataclass
+class VideoConfig:
+    """Webcam settings: how often to detect, how to track, how much to smooth."""
+
+    redetect_every: int = field(default=5, metadata={
+        "help": "run the detector on every k-th frame; frames in between reuse the tracked boxes"})
+    ema_alpha: float = field(default=0.4, metadata={
+        "help": "weight of the newest frame in each face's moving average (1 = no smoothing)"})
+    change_threshold: Optional[float] = field(default=0.12, metadata={
+        "help": "re-detect early when a tracked face crop changed by more than this (mean absolute "
+                "difference of 16x16 grey thumbnails, 0..1); None: only every k frames"})
+    match_iou: float = field(default=0.3, metadata={
+        "help": "a detection continues a track when their boxes overlap at least this much (IoU)"})
+    max_side: Optional[int] = field(default=VIDEO_MAX_SIDE, metadata={
+        "help": "downscale frames to this longer side for detection (speed); None: the predictor's"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.redetect_every, bool) or int(self.redetect_every) < 1:
+            raise ValueError(f"redetect_every={self.redetect_every!r} must be an integer >= 1")
+        self.redetect_every = int(self.redetect_every)
+        if not 0.0 < float(self.ema_alpha) <= 1.0:
+            raise ValueError(f"ema_alpha={self.ema_alpha!r} must be in (0, 1]; 1 turns smoothing off")
+        if self.change_threshold is not None and not 0.0 < float(self.change_threshold) <= 1.0:
+            raise ValueError(f"change_threshold={self.change_threshold!r} must be None or in (0, 1]")
+        if not 0.0 < float(self.match_iou) <= 1.0:
+            raise ValueError(f"match_iou={self.match_iou!r} must be in (0, 1]")
+
+
+def ema(previous: Optional[np.ndarray], current: np.ndarray, alpha: float) -> np.ndarray:
+    """Exponential moving average: ``alpha * current + (1 - alpha) * previous`` (first frame: current)."""
+    current = np.asarray(current, dtype=np.float64)
+    return current.copy() if previous is None else alpha * current + (1.0 - alpha) * previous
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(left, top, right, bottom)`` boxes."""
+    return float(iou_matrix([a], [b])[0, 0])
+
+
+def iou_matrix(boxes_a: Sequence[Sequence[float]], boxes_b: Sequence[Sequence[float]]) -> np.ndarray:
+    """Pairwise IoU, ``(len(a), len(b))``, of ``(left, top, right, bottom)`` boxes (torchvision's ``box_iou``)."""
+    if not len(boxes_a) or not len(boxes_b):
+        return np.zeros((len(boxes_a), len(boxes_b)))
+    ious = ops.box_iou(torch.tensor(boxes_a, dtype=torch.float64).reshape(-1, 4),
+                       torch.tensor(boxes_b, dtype=torch.float64).reshape(-1, 4))
+    return ious.nan_to_num(0.0).numpy()  # an empty box against an empty box: 0, not NaN
+
+
+def _thumbnail(img: Image.Image, face: Face) -> np.ndarray:
+    """A 16x16 grey view of a face box: cheap evidence of whether the face moved or changed."""
+    w, h = img.size
+    box = face.clipped(w, h)
+    if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+        return np.zeros((16, 16), dtype=np.float32)
+    small = img.crop(box).convert("L").resize((16, 16), Image.Resampling.BILINEAR)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+@dataclass
+class Track:
+    """A face followed across frames."""
+
+    id: int
+    face: Face
+    source: str
+    reference: np.ndarray  # thumbnail when last detected
+    smoothed: Optional[np.ndarray] = None
+    frames: int = 0
+
+
+class VideoPredictor:
+    """Per-frame predictions for a stream: tracked faces, detector every k frames, EMA smoothing.
+
+    Not thread-safe (a stream is sequential); give each webcam session its own
+    instance over a shared :class:`Predictor`.
+    """
+
+    def __init__(self, predictor: Predictor, config: Optional[VideoConfig] = None) -> None:
+        self.predictor = predictor
+        self.config = config if config is not None else VideoConfig()
+        det_cfg = predictor.config.detector
+        if self.config.max_side is not None:
+            side = max(self.config.max_side, det_cfg.min_face_size, 32)
+            det_cfg = dataclasses.replace(det_cfg, max_side=side)
+        self.detector = get_detector(det_cfg)
+        self.tracks: list[Track] = []
+        self.frame_index = -1
+        self._last_detection = -(10 ** 9)
+        self._next_id = 1
+        self.detections = 0  # how often the detector ran (for the UI and tests)
+
+    def reset(self) -> None:
+        """Forget all tracks (new stream or camera switched)."""
+        self.tracks = []
+        self.frame_index = -1
+        self._last_detection = -(10 ** 9)
+
+    def _needs_detection(self, img: Image.Image) -> tuple[bool, dict[int, np.ndarray]]:
+        if not self.tracks or self.frame_index - self._last_detection >= self.config.redetect_every:
+            return True, {}
+        thumbs = {t.id: _thumbnail(img, t.face) for t in self.tracks}
+        if self.config.change_threshold is not None:
+            for t in self.tracks:
+                if t.source == "face" and float(np.abs(thumbs[t.id] - t.reference).mean()) > \
+                        self.config.change_threshold:
+                    return True, {}
+        return False, thumbs
+
+    def _match(self, img: Image.Image, faces: list[Face], source: str) -> None:
+        """Continue tracks with the detections that overlap them; start new ones; drop lost ones."""
+        ious = iou_matrix([t.face.box for t in self.tracks], [f.box for f in faces])
+        pairs = sorted(((float(ious[ti, fi]), ti, fi) for ti in range(len(self.tracks))
+                        for fi in range(len(faces))), reverse=True)
+        used_t, used_f, new_tracks = set(), set(), []
+        for iou, ti, fi in pairs:
+            if iou < self.config.match_iou or ti in used_t or fi in used_f:
+                continue
+            used_t.add(ti)
+            used_f.add(fi)
+            track = self.tracks[ti]
+            track.face, track.source, track.reference = faces[fi], source, _thumbnail(img, faces[fi])
+            new_tracks.append(track)
+        for fi, f in enumerate(faces):
+            if fi not in used_f:
+                new_tracks.append(Track(self._next_id, f, source, _thumbnail(img, f)))
+                self._next_id += 1
+        lost = [t.id for i, t in enumerate(self.tracks) if i not in used_t]
+        if lost:
+            logger.debug("frame %d: tracks %s lost", self.frame_index, lost)
+        self.tracks = sorted(new_tracks, key=lambda t: (t.face.center[0], t.face.center[1]))
+
+    def update(self, frame: ImageInput) -> ImagePrediction:
+        """Predict one frame; faces carry ``track_id`` and EMA-smoothed probabilities."""
+        t0 = time.perf_counter()
+        img = load_image(frame)
+        self.frame_index += 1
+        detect, _ = self._needs_detection(img)
+        if detect:
+            faces = self.predictor.detect(img, detector=self.detector)
+            self.detections += 1
+            self._last_detection = self.frame_index
+            source = "face"
+            if not faces and self.predictor.config.whole_image:
+                w, h = img.size
+                faces, source = [Face((0.0, 0.0, float(w), float(h)), (), 0.0)], "whole"
+            self._match(img, faces, source)
+        t1 = time.perf_counter()
+        crops = [self.predictor.crop(img, t.face if t.source == "face" else None) for t in self.tracks]
+        probs = self.predictor.classify(crops)
+        labels = self.predictor.labels
+        out = []
+        for track, p in zip(self.tracks, probs):
+            track.smoothed = ema(track.smoothed, p, self.config.ema_alpha)
+            track.frames += 1
+            out.append(FacePrediction(track.face, class_probs(labels, track.smoothed), track.source,
+                                      track.id, class_probs(labels, p)))
+        t2 = time.perf_counter()
+        return ImagePrediction(out, img.size, labels, detected=detect,
+                               timings_ms={"detect": (t1 - t0) * 1000, "classify": (t2 - t1) * 1000,
+                                           "total": (t2 - t0) * 1000})
