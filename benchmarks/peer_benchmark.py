@@ -47,7 +47,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotion.data.sources import Sample, load_dataset_spec  # noqa: E402
+from emotion.data.sources import Sample, load_dataset_spec, validation_holdout  # noqa: E402
 from emotion.metrics import classification_metrics, expected_calibration_error  # noqa: E402
 from emotion.images import ImageLoadError, load_image  # noqa: E402
 
@@ -151,12 +151,14 @@ def run_scorer(run_dir: str, classes: list[str], backend: str = "torch") -> Scor
                   str(spec), probs)
 
 
-def load_images(data: str, split: str, classes: Optional[list[str]]) -> tuple[list[Image.Image], np.ndarray,
-                                                                              list[str], dict[str, str]]:
+def load_images(data: str, split: str, classes: Optional[list[str]], val_fraction: float = 0.1,
+                seed: int = 0) -> tuple[list[Image.Image], np.ndarray, list[str], dict[str, str]]:
     splits = load_dataset_spec(data, classes=classes)
     names = list(splits.classes)
     if split == "all":
         samples: list[Sample] = [s for part in splits.splits.values() for s in part]
+    elif split == "val":  # the data's val split, else the share of train that training held out
+        samples = validation_holdout(splits, val_fraction, seed)[1]
     elif split in splits.splits:
         samples = list(splits.splits[split])
     else:
@@ -199,7 +201,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="class folders (one folder of them, or train/ and test/)")
     parser.add_argument("--classes", default="angry,happy,sad", help="comma-separated classes, in order")
-    parser.add_argument("--split", default="test", help="test, train, val, or all (every image)")
+    parser.add_argument("--split", default="test", help="test, train, val, or all (every image); val is the data's "
+                        "val split, else the stratified share of train that training held out (--val-fraction, --seed)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="the runs' validation share (TrainConfig)")
+    parser.add_argument("--seed", type=int, default=0, help="the runs' split seed (TrainConfig)")
     parser.add_argument("--runs", default="checkpoints/default",
                         help="comma-separated run folders of ours (default: the shipped model)")
     parser.add_argument("--peers", default="fer,facex", help="comma-separated peers: fer, facex ('' = none)")
@@ -215,7 +220,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     torch.set_num_threads(args.threads)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    images, labels, names, skipped = load_images(args.data, args.split, classes)
+    images, labels, names, skipped = load_images(args.data, args.split, classes, args.val_fraction, args.seed)
     scorers = [run_scorer(r.strip(), names, args.backend) for r in args.runs.split(",") if r.strip()]
     scorers += [peer_scorer(p.strip(), names, args.threads) for p in args.peers.split(",") if p.strip()]
     result = {"data": args.data, "split": args.split, "classes": names, "images": len(images),

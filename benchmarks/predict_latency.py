@@ -40,7 +40,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotion.benchmark import cpu_name  # noqa: E402
+from emotion.profiling import cpu_name  # noqa: E402
 from emotion.faces import DetectorConfig  # noqa: E402
 from emotion.fileio import utc_now  # noqa: E402
 from emotion.inference import Predictor, PredictorConfig  # noqa: E402

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotion.benchmark import cpu_name  # noqa: E402
+from emotion.profiling import cpu_name  # noqa: E402
 from emotion.models import create_model, get_model_config  # noqa: E402
 from emotion.training import cpu_supports_bf16  # noqa: E402
 

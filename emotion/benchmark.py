@@ -38,6 +38,7 @@ from emotion.fileio import utc_now
 from emotion.models import get_model_config, list_models
 from emotion.models.registry import ModelError
 from emotion.names import slug
+from emotion.profiling import cpu_name
 from emotion.training import DEFAULT_RUNS_DIR, train
 
 logger = logging.getLogger(__name__)
@@ -126,17 +127,6 @@ class BenchmarkConfig:
 
     def class_list(self) -> Optional[list[str]]:
         return parse_classes(self.classes)
-
-
-def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo on Linux), so speed numbers say what machine made them."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parse_image_sizes(text: Optional[str]) -> tuple[Optional[int], dict[str, int]]:

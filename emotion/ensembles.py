@@ -104,7 +104,8 @@ def create_ensemble(members: Sequence[Union[str, Path]], output_dir: Union[str, 
         for member in members:
             run = runs.load_run(member)
             ev = load_eval_data(run, fit_data, "val", classes, seed)
-            ds, _ = build_eval_dataset(ev.samples, run.config, cache)
+            grey = runs.trained_on_grayscale(run.spec, run.path)
+            ds, _ = build_eval_dataset(ev.samples, run.config, cache, grey)
             paths = [str(s.path) for s in ds.samples]
             if first is None:
                 first, first_paths = ev, paths

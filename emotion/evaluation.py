@@ -220,10 +220,14 @@ def _select(splits: DatasetSplits, wanted: list[str]) -> DatasetSplits:
 
 
 def build_eval_dataset(samples: Sequence[Sample], config: ModelConfig,
-                       cache: Optional[DecodedImageCache] = None) -> tuple[FaceImageDataset, dict[str, str]]:
-    """Eval-mode dataset for a model's preprocessing; unreadable files are dropped and returned."""
+                       cache: Optional[DecodedImageCache] = None,
+                       grayscale: bool = False) -> tuple[FaceImageDataset, dict[str, str]]:
+    """Eval-mode dataset for a model's preprocessing; unreadable files are dropped and returned.
+
+    ``grayscale``: the run was trained on grey faces, so colour images are greyed as prediction greys them.
+    """
     cache = cache if cache is not None else DecodedImageCache(disk_dir=default_cache_dir() / "decoded")
-    ds = FaceImageDataset(samples, build_transform(config.preprocess, train=False), cache,
+    ds = FaceImageDataset(samples, build_transform(config.preprocess, train=False, grayscale=grayscale), cache,
                           decode_size=config.input_size)
     skipped = ds.drop_unreadable()
     if len(ds) == 0:
@@ -254,7 +258,8 @@ def fit_run_temperature(run: Union[str, Path, runs.LoadedRun], data: Union[str, 
     """Fit a temperature on the run's validation images and store it as ``temperature.json``."""
     run = _as_run(run)
     ev = load_eval_data(run, data, "val", classes, seed)
-    ds, skipped = build_eval_dataset(ev.samples, run.config, cache)
+    grey = runs.trained_on_grayscale(run.spec, run.path)
+    ds, skipped = build_eval_dataset(ev.samples, run.config, cache, grey)
     probs, labels = predict_probabilities(run.module, ds, batch_size, tta, device)
     temperature = fit_temperature(probs, labels, kind="probs")
     record = {
@@ -292,7 +297,8 @@ def evaluate_run(run: Union[str, Path, runs.LoadedRun], data: Union[str, Path, D
     """
     run = _as_run(run)
     ev = load_eval_data(run, data, split, classes, seed)
-    ds, skipped = build_eval_dataset(ev.samples, run.config, cache)
+    grey = runs.trained_on_grayscale(run.spec, run.path)
+    ds, skipped = build_eval_dataset(ev.samples, run.config, cache, grey)
     start = time.monotonic()
     probs, labels = predict_probabilities(run.module, ds, batch_size, tta, device)
     elapsed = time.monotonic() - start
@@ -311,7 +317,7 @@ def evaluate_run(run: Union[str, Path, runs.LoadedRun], data: Union[str, Path, D
                  "split_source": ev.description, "images": len(ds),
                  "counts": {c: int(n) for c, n in zip(ev.splits.classes,
                                                       np.bincount(labels, minlength=len(run.labels)))},
-                 "skipped_unreadable": skipped},
+                 "skipped_unreadable": skipped, "greyed": grey},
         "tta": tta,
         **classification_metrics(probs, labels, run.labels),
     }

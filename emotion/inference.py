@@ -341,7 +341,7 @@ class Predictor:
         hinted = inference.get("margin")  # how tight the training images were framed (e.g. FER2013's crops)
         if margin is None and isinstance(hinted, (int, float)) and not isinstance(hinted, bool):
             margin = float(hinted)
-        grayscale = bool((loaded.spec.get("data") or {}).get("grayscale"))
+        grayscale = runs.trained_on_grayscale(loaded.spec, loaded.path)
         tta = bool(inference.get("tta"))
         fitted = runs.load_temperature(loaded.path)  # a damaged temperature.json is named, not ignored
         temperature = float(fitted["temperature"]) if fitted else None

@@ -39,7 +39,12 @@ def _as_arrays(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def negative_log_likelihood(probs: Any, labels: Any) -> float:
-    """Mean ``-log p(true class)``; probabilities of 0 are floored so the loss stays finite."""
+    """Mean ``-log p(true class)``; probabilities of 0 are floored so the loss stays finite.
+
+    Not ``sklearn.metrics.log_loss``: that one warns about and renormalises rows
+    whose float32-rounded probabilities do not sum to exactly one (ONNX outputs,
+    ensembles), so it would score slightly different numbers than the model gave.
+    """
     p, y = _as_arrays(probs, labels)
     return float(-np.log(np.maximum(p[np.arange(len(y)), y], _TINY)).mean())
 

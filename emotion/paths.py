@@ -63,6 +63,12 @@ def shipped_model_dirs() -> dict[str, Path]:
     return {"default": default, "fer7": default.parent / "fer7"}
 
 
+def shipped_results_dir() -> Path:
+    """Evaluation results that ship with the project (``results/`` beside the shipped models): the
+    study's numbers and the shipped models' scores, browseable on a machine that has trained nothing."""
+    return default_model_dir().parent / "results"
+
+
 def is_shipped_model(folder: Path) -> bool:
     """Whether ``folder`` is one of the shipped models (evaluating them writes nothing unless asked)."""
     target = Path(folder).expanduser().resolve()

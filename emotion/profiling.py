@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -99,3 +101,21 @@ def run_size_bytes(run_dir: Union[str, Path]) -> int:
 def model_stats(run: runs.LoadedRun) -> dict[str, Any]:
     size = run_size_bytes(run.path)
     return {"parameters": count_parameters(run.module), "size_bytes": size, "size_mb": size / 2**20}
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo on Linux), so speed numbers say what machine made them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    """The accelerator or CPU that produced a number, in words (recorded beside shipped results)."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"{cpu_name()}, {os.cpu_count()} CPUs"

@@ -202,6 +202,14 @@ def train_config_of(spec: dict, run_dir: Path) -> dict:
     return dict(spec.get("train_config") or {})
 
 
+def trained_on_grayscale(spec: dict, run_dir: Path) -> bool:
+    """Whether a run learnt from grey faces (an ensemble: every member did), so colour inputs are greyed."""
+    if spec.get("model") == "ensemble":
+        members = member_dirs(run_dir, spec)
+        return bool(members) and all(trained_on_grayscale(read_json(m / CONFIG_FILE), m) for m in members)
+    return bool((spec.get("data") or {}).get("grayscale"))
+
+
 def load_temperature(run_dir: Union[str, Path]) -> Optional[dict]:
     """The fitted temperature record of a run (``temperature.json``), or None."""
     path = Path(run_dir) / TEMPERATURE_FILE

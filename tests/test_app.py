@@ -46,7 +46,7 @@ def _page(name: str | None = None, **state) -> AppTest:
     for key, value in state.items():
         at.session_state[key] = value
     if name is not None:
-        at.switch_page(f"pages/{name}.py")
+        at.switch_page(f"app_pages/{name}.py")
     return at.run()
 
 
@@ -89,6 +89,14 @@ def test_home_shows_synthetic_dataset_counts_and_where_to_start() -> None:
     assert "No model yet" in _texts(at)  # fresh machine: no shipped model, no runs
 
 
+def test_navigation_lists_every_page_and_opens_on_home() -> None:
+    from ui.navigation import PAGES
+
+    assert PAGES[0].title == "Home"  # the first menu entry is named for what it is, not after app.py
+    assert [p.path for p in PAGES] == sorted(f"app_pages/{f.name}" for f in (REPO / "app_pages").glob("*.py"))
+    assert len({p.title for p in PAGES}) == len(PAGES)
+
+
 def test_home_reports_a_missing_folder_without_crashing(tmp_path: Path) -> None:
     at = _page(dataset_spec=str(tmp_path / "nowhere"))
     assert not at.exception
@@ -112,6 +120,7 @@ def test_home_lists_trained_runs(tiny_runs: tuple[Path, Path]) -> None:
     assert not at.exception, at.exception
     runs_table = at.dataframe[1].value
     assert set(runs_table["run"]) == {"tiny-a", "tiny-b"}
+    assert at.dataframe[1].proto.placeholder == "–"  # a score not measured reads as a dash, not "None"
     assert "2 trained run(s) ready" in _texts(at)
 
 
@@ -239,6 +248,26 @@ def test_benchmark_page_without_runs_says_where_to_train() -> None:
     assert any("No runs" in i.value for i in at.info)
 
 
+def test_benchmark_page_shows_the_shipped_results_on_a_fresh_machine(tmp_path: Path) -> None:
+    from emotion.evaluation import evaluate_run
+    from emotion.results import save_shipped_result
+
+    run = save_tiny_run(tmp_path / "study-vit", "vit_custom")
+    result = evaluate_run(run, TINY, split="test", save=False)
+    save_shipped_result(result, ["python", "benchmarks/ship_results.py", "--run", str(run)],
+                        out_dir=paths.shipped_results_dir(), root=tmp_path)
+    at = _page("3_Benchmark")  # no runs of the user's own
+    assert not at.exception, at.exception
+    assert [s.value for s in at.subheader][:2] == ["Shipped results", "Your runs"]
+    table = at.dataframe[0].value
+    assert list(table["model"]) == ["study-vit"] and table["accuracy"][0] == pytest.approx(result["accuracy"])
+    assert all(d.proto.placeholder == "–" for d in at.dataframe)
+    assert len(at.get("plotly_chart")) == 3  # confusion matrix, recall per class, reliability curve
+    assert any(c.value.startswith("shipped · `python benchmarks/ship_results.py") for c in at.caption)
+    assert str(tmp_path) not in json.dumps(table.to_dict())  # paths are stored relative, never temporary
+    assert any("No runs" in i.value for i in at.info)
+
+
 def test_benchmark_page_table_evaluation_comparison_and_ensemble(tiny_runs: tuple[Path, Path]) -> None:
     at = _page("3_Benchmark")
     assert not at.exception, at.exception
@@ -330,6 +359,14 @@ def test_predict_page_says_which_run_and_classifies_uploads(tiny_model: Path) ->
     assert at.toggle(key="predict_whole").value is True
     assert any("whole image" in i.value for i in at.info)
     assert len(at.get("progress")) == 6  # now the blank image has its bars too
+
+
+def test_predict_page_classifies_the_sample_photo(tiny_model: Path) -> None:
+    at = _page("4_Predict")
+    at.radio(key="predict_source").set_value("Sample photo").run()
+    assert not at.exception, at.exception
+    assert "**astronaut.png** · 512×512 · 1 face" in _texts(at)  # a real face, no upload needed
+    assert len(at.get("progress")) == 3
 
 
 def test_predict_page_offers_the_shipped_seven_class_model(tiny_model: Path, tmp_path: Path) -> None:
@@ -439,7 +476,12 @@ def test_explain_page_on_a_dataset_sample_of_a_vit(tiny_model: Path) -> None:
     assert set(METHOD_HELP) == set(METHODS)
     at = _page("5_Explain", dataset_spec=TINY)
     assert not at.exception, at.exception
-    assert at.radio(key="explain_source").value == "Dataset sample"
+    assert at.radio(key="explain_source").value == "Sample photo"  # a real face first, whatever the data
+    assert at.toggle(key="explain_detect_Sample photo").value is True
+    assert any("astronaut" in c.value and "public domain" in c.value for c in at.caption)
+    assert any(s.value.startswith("Grad-CAM for") for s in at.subheader)
+    at.radio(key="explain_source").set_value("Dataset sample").run()
+    assert not at.exception, at.exception
     assert at.toggle(key="explain_detect_Dataset sample").value is False  # dataset images are face crops
     heads = [s.value for s in at.subheader]
     assert heads[0].startswith("Grad-CAM for")

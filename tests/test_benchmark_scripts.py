@@ -78,6 +78,11 @@ def test_peer_benchmark_scores_our_run_on_every_image_of_a_folder(tmp_path: Path
     assert 0 <= row["accuracy"] <= 1 and set(row["recall"]) == {"angry", "happy", "sad"}
     assert np.array(row["confusion_matrix"]).sum() == 9 and row["ms_per_face"] > 0
     assert "| ours: run" in out.with_suffix(".md").read_text()
+    # "val" on data without a val split: the images training held out (same share, same seed)
+    assert peers.main([str(data), "--split", "val", "--val-fraction", "0.3", "--runs", str(run), "--peers", "",
+                       "--repeats", "1", "--out", str(out)]) == 0
+    held_out = validation_holdout(load_dataset_spec(str(data)), 0.3, 0)[1]
+    assert json.loads(out.with_suffix(".json").read_text())["images"] == len(held_out) > 0
 
 
 def test_peer_benchmark_maps_each_peers_class_names() -> None:

@@ -307,3 +307,20 @@ def test_evaluating_the_shipped_model_writes_nothing_unless_asked(two_runs: tupl
     assert cli_main(["evaluate", "--run", str(shipped), "--data", DATA, "--json", "--save"]) == 0
     assert (shipped / "evaluations").is_dir()
     capsys.readouterr()
+
+
+def test_a_run_trained_on_grey_faces_is_scored_on_greyed_images(tmp_path: Path) -> None:
+    """Evaluation sees colour photos the way prediction does: greyed for a model that learnt from grey faces."""
+    from conftest import save_tiny_run
+
+    from emotion.inference import Predictor
+
+    data = make_class_folders(tmp_path / "photos", {"angry": 4, "happy": 4, "sad": 4})  # colour images
+    run = save_tiny_run(tmp_path / "run", seed=5)
+    colour = E.evaluate_run(run, str(data), split="all", save=False)
+    config = read_json(run / "config.json")
+    (run / "config.json").write_text(json.dumps({**config, "data": {"grayscale": True}}))
+    grey = E.evaluate_run(run, str(data), split="all", save=False)
+    assert (colour["data"]["greyed"], grey["data"]["greyed"]) == (False, True)
+    assert grey["nll"] != pytest.approx(colour["nll"])  # the colours really were dropped
+    assert Predictor.from_run(run).grayscale  # prediction makes the same choice from the same record

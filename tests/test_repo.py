@@ -104,3 +104,22 @@ def test_the_package_import_graph_has_no_cycle() -> None:
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def test_the_shipped_results_are_complete_and_name_no_temporary_or_home_paths() -> None:
+    import json
+
+    from emotion.results import shipped_results
+
+    folder = REPO / "checkpoints" / "results"
+    found = shipped_results(folder)
+    assert len(found) == len(list(folder.glob("*.json"))) >= 2  # every file is a readable result
+    for result in found:
+        text = json.dumps({k: v for k, v in result.items() if k != "file"})
+        assert "/tmp" not in text and "/home/" not in text and "/root/" not in text, result["file"]
+        assert not Path(result["run"]["path"]).is_absolute()
+        made = result["provenance"]
+        assert made["command"].startswith("python benchmarks/ship_results.py") and made["machine"] and made["date"]
+        matrix = result["confusion_matrix"]
+        assert sum(map(sum, matrix)) == result["data"]["images"] == result["n"]
+        assert len(matrix) == len(result["classes"]) == len(result["per_class"])

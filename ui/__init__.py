@@ -1,1 +1,1 @@
-"""Streamlit-side helpers shared by app.py and pages/ (the `emotion` package stays Streamlit-free)."""
+"""Streamlit-side helpers shared by app.py and app_pages/ (the `emotion` package stays Streamlit-free)."""

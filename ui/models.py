@@ -140,6 +140,12 @@ def run_picker(key: str) -> Optional[RunChoice]:
         return None
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as the app shows it: relative to the app's folder when it lies inside it (shipped models)."""
+    resolved, here = Path(path).resolve(), Path.cwd().resolve()
+    return str(resolved.relative_to(here)) if resolved.is_relative_to(here) else str(path)
+
+
 def describe_choice(choice: RunChoice, predictor: Predictor) -> str:
     """One line saying which model answers and why."""
     why = {"given": "chosen above", "default": "the shipped model",
@@ -148,8 +154,8 @@ def describe_choice(choice: RunChoice, predictor: Predictor) -> str:
     grey = " · faces greyed as in its training data" if getattr(predictor, "grayscale", False) else ""
     mirror = " · each face averaged with its mirror image" if getattr(predictor, "tta", False) else ""
     onnx = " · run by onnxruntime" if predictor.config.backend == "onnx" else ""
-    return (f"Model: **{Path(choice.path).name}** (`{choice.path}`) · {cfg.name} at {cfg.input_size} px · "
-            f"classes {', '.join(predictor.labels)}{grey}{mirror}{onnx} · {why}")
+    return (f"Model: **{Path(choice.path).name}** (`{shown_path(choice.path)}`) · {cfg.name} at "
+            f"{cfg.input_size} px · classes {', '.join(predictor.labels)}{grey}{mirror}{onnx} · {why}")
 
 
 def load_predictor(choice: RunChoice, backend: str = "torch") -> Optional[Predictor]:
@@ -179,7 +185,8 @@ def pick_model(dataset: Optional[DatasetSplits], spec: str, classes: Optional[st
     return predictor
 
 
-def model_page(key: str, choose_backend: bool = False) -> tuple[Optional[DatasetSplits], str, Optional[str], Predictor]:
+def model_page(key: str, choose_backend: bool = False
+               ) -> tuple[Optional[DatasetSplits], str, Optional[str], Predictor]:
     """The start every page that uses a model shares (Predict, Explain): data sidebar, model picker.
 
     Returns (dataset, spec, classes, predictor); stops the page, with the quick-model

@@ -6,7 +6,9 @@ webcam call them); ``show_prediction`` draws one image's result on the page.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,6 +25,22 @@ IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 # one colour per class index (boxes and label backgrounds); cycles past ten classes
 PALETTE = [(230, 57, 70), (42, 157, 143), (69, 123, 157), (244, 162, 97), (131, 56, 236), (255, 183, 3),
            (106, 153, 78), (214, 40, 57), (0, 119, 182), (120, 120, 120)]
+
+
+SAMPLE_SOURCE = "Sample photo"
+SAMPLE_NAME = "astronaut.png"
+SAMPLE_CREDIT = ("Eileen Collins, NASA astronaut (public domain), the sample photo that ships with "
+                 "scikit-image")
+
+
+@functools.lru_cache(maxsize=1)
+def sample_photo() -> bytes:
+    """A real face to try the model on with no upload: scikit-image's astronaut, as PNG bytes."""
+    from skimage import data  # its sample photos ship inside the wheel: no download
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def check_upload(name: str, data: bytes, max_mb: float = MAX_UPLOAD_MB) -> tuple[Optional[Image.Image], str]:

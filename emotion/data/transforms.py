@@ -92,14 +92,19 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def build_transform(
-    preprocess: PreprocessConfig, augmentation: AugmentationConfig | None = None, train: bool = False
+    preprocess: PreprocessConfig, augmentation: AugmentationConfig | None = None, train: bool = False,
+    grayscale: bool = False,
 ) -> Callable[[np.ndarray], torch.Tensor]:
     """HxWx3 uint8 array -> normalised float CHW tensor of the model's input size.
 
     Train mode adds the configured augmentation; eval mode only resizes.
+    ``grayscale`` first replaces the colours by their luminance on all three
+    channels, as prediction does for a model trained on grey faces (FER2013).
     """
     size = int(preprocess.input_size)
     ops: list = [v2.Lambda(_to_tensor)]
+    if grayscale:
+        ops.append(v2.Grayscale(num_output_channels=3))
     aug = augmentation if (train and augmentation is not None and augmentation.augment) else None
     if aug is not None and aug.crop_scale_min < 1.0:
         ops.append(v2.RandomResizedCrop(size, scale=(aug.crop_scale_min, 1.0), ratio=(0.9, 1.1),

@@ -19,7 +19,17 @@ from ui.explain import (
     view_image,
 )
 from ui.models import model_page
-from ui.predict import IMAGE_TYPES, MAX_UPLOAD_MB, check_upload, digest, run_key
+from ui.predict import (
+    IMAGE_TYPES,
+    MAX_UPLOAD_MB,
+    SAMPLE_CREDIT,
+    SAMPLE_NAME,
+    SAMPLE_SOURCE,
+    check_upload,
+    digest,
+    run_key,
+    sample_photo,
+)
 
 st.set_page_config(page_title="Explain · Emotion Studio", page_icon="🧠", layout="wide")
 st.title("Explain")
@@ -33,10 +43,14 @@ MODEL_KEY = run_key(predictor)
 METHOD_LIST = available_methods(CFG)
 
 # ----------------------------------------------------------------------------- image
-source = st.radio("Image from", ["Dataset sample", "Upload", "Webcam snapshot"], horizontal=True,
-                  key="explain_source")
+source = st.radio("Image from", [SAMPLE_SOURCE, "Dataset sample", "Upload", "Webcam snapshot"], horizontal=True,
+                  key="explain_source", help="the sample photo is a real face; dataset samples come from the "
+                                             "dataset in the sidebar")
 name, data = None, None
-if source == "Dataset sample":
+if source == SAMPLE_SOURCE:
+    st.caption(SAMPLE_CREDIT)
+    name, data = SAMPLE_NAME, sample_photo()
+elif source == "Dataset sample":
     if dataset is None:
         st.info("Choose a dataset in the sidebar, or upload an image.")
         st.stop()

@@ -13,21 +13,69 @@ from emotion.benchmark import runs_table, table_csv
 from emotion.ensembles import create_ensemble
 from emotion.evaluation import evaluate_run, saved_evaluations
 from emotion.names import child_folder, slug
+from emotion.results import result_title, shipped_results, shipped_row
 from emotion.runs import list_runs
 from ui.charts import confusion_figure, recall_figure, reliability_figure
 from ui.state import active_spec, dataset_sidebar
+from ui.tables import MISSING
 
 st.set_page_config(page_title="Benchmark · Emotion Studio", page_icon="📊", layout="wide")
 st.title("Benchmark")
 st.caption("Compare trained runs on their test split: accuracy, macro-F1, per-class recall, calibration, "
            "size and speed (the same columns as `python -m emotion benchmark`).")
 
+
+def _result_view(result: dict, slot: str, normalized: bool) -> None:
+    """Metrics, confusion matrix, recall per class and reliability curve of one evaluation result."""
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Accuracy", f"{result['accuracy']:.3f}")
+    m2.metric("Macro-F1", f"{result['macro_f1']:.3f}")
+    calibrated = (f"; {result['ece_calibrated']:.3f} after temperature scaling"
+                  if "ece_calibrated" in result else "")
+    m3.metric("ECE", f"{result['ece']:.3f}", help="expected calibration error (lower is better)" + calibrated)
+    m4.metric("Images", (result.get("data") or {}).get("images", result.get("n")))
+    matrix = result["confusion_matrix_normalized"] if normalized else result["confusion_matrix"]
+    st.plotly_chart(confusion_figure(matrix, result["classes"], normalized), width="stretch",
+                    key=f"bench_cm_{slot}")
+    st.plotly_chart(recall_figure(result["per_class"]), width="stretch", key=f"bench_recall_{slot}")
+    st.plotly_chart(reliability_figure(result["calibration"]), width="stretch", key=f"bench_rel_{slot}")
+    if result.get("speed"):
+        s = result["speed"]
+        st.caption(f"{s['latency_ms']:.1f} ms per image at batch 1 · {s['throughput_ips']:.0f} images/s at "
+                   f"batch {s['batch_size']} ({s['device']}, {s['threads']} threads)")
+    for note in result.get("notes", []):
+        st.caption(f"ℹ️ {note}")
+
+
 dataset_sidebar()  # keeps the active dataset in view; runs can also be scored on it
+
+# ----------------------------------------------------------------------------- shipped results
+shipped = shipped_results()
+if shipped:
+    st.subheader("Shipped results")
+    st.caption("Measured by the project and shipped with it, so they show on any machine: the shipped models "
+               "and the study's architectures, each with the data, split, command, machine and date that "
+               "produced it.")
+    st.dataframe(pd.DataFrame([shipped_row(r) for r in shipped]), hide_index=True, width="stretch",
+                 placeholder=MISSING,
+                 column_config={c: st.column_config.NumberColumn(c, format="%.3f")
+                                for c in ("accuracy", "macro_f1", "macro_recall", "ece")})
+    c1, c2 = st.columns([4, 1])
+    chosen = c1.selectbox("Shipped result", range(len(shipped)), format_func=lambda i: result_title(shipped[i]),
+                          key="bench_shipped")
+    shipped_normalized = c2.toggle("Normalised", True, key="bench_shipped_normalized",
+                                   help="confusion matrices as shares of each true class (else image counts)")
+    _result_view(shipped[chosen], "shipped", shipped_normalized)
+    made = shipped[chosen]["provenance"]
+    st.caption(f"shipped · `{made['command']}` · {made['machine']} · {made['software']} · {made['date']}")
+
+# ----------------------------------------------------------------------------- your runs
+st.subheader("Your runs")
 RUNS_DIR = paths.runs_dir()
 runs = list_runs(RUNS_DIR)
 if not runs:
     st.info(f"No runs in `{RUNS_DIR}` yet: train one first.")
-    st.page_link("pages/2_Train.py", label="Train a model", icon=":material/model_training:")
+    st.page_link("app_pages/2_Train.py", label="Train a model", icon=":material/model_training:")
     st.stop()
 
 # ----------------------------------------------------------------------------- table
@@ -36,7 +84,7 @@ df = pd.DataFrame(table["rows"], columns=table["columns"])
 score_cols = [c for c in df.columns if c in ("accuracy", "macro_f1", "macro_recall", "ece", "ece_calibrated",
                                               "val_macro_f1") or c.startswith("recall_")]
 st.dataframe(
-    df, hide_index=True, width="stretch",
+    df, hide_index=True, width="stretch", placeholder=MISSING,
     column_config={**{c: st.column_config.NumberColumn(c, format="%.3f") for c in score_cols},
                    "parameters": st.column_config.NumberColumn("parameters", format="%d"),
                    "size_mb": st.column_config.NumberColumn("MB", format="%.1f"),
@@ -46,7 +94,7 @@ st.dataframe(
 )
 st.download_button("Download the table (CSV)", table_csv(table), file_name="runs.csv", mime="text/csv",
                    key="bench_csv")
-st.caption("Click a column header to sort. `scored_on` says where the scores come from: an evaluation "
+st.caption(f"Click a column header to sort; {MISSING} marks a value not measured yet. `scored_on` says where the scores come from: an evaluation "
            "stored in the run folder, or the test split scored when training ended. Evaluate a run below to "
            "fill in calibration, per-class recall, size and speed.")
 
@@ -112,25 +160,7 @@ def _run_panel(run: dict, slot: str) -> None:
               + (" · TTA" if r.get("tta") else "") for r in results]
     pick = st.selectbox("Evaluation", range(len(results)), format_func=lambda i: labels[i],
                         key=f"bench_pick_{slot}")
-    result = results[pick]
-    m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Accuracy", f"{result['accuracy']:.3f}")
-    m2.metric("Macro-F1", f"{result['macro_f1']:.3f}")
-    calibrated = (f"; {result['ece_calibrated']:.3f} after temperature scaling"
-                  if "ece_calibrated" in result else "")
-    m3.metric("ECE", f"{result['ece']:.3f}", help="expected calibration error (lower is better)" + calibrated)
-    m4.metric("Images", (result.get("data") or {}).get("images", result.get("n")))
-    matrix = result["confusion_matrix_normalized"] if normalized else result["confusion_matrix"]
-    st.plotly_chart(confusion_figure(matrix, result["classes"], normalized), width="stretch",
-                    key=f"bench_cm_{slot}")
-    st.plotly_chart(recall_figure(result["per_class"]), width="stretch", key=f"bench_recall_{slot}")
-    st.plotly_chart(reliability_figure(result["calibration"]), width="stretch", key=f"bench_rel_{slot}")
-    if result.get("speed"):
-        s = result["speed"]
-        st.caption(f"{s['latency_ms']:.1f} ms per image at batch 1 · {s['throughput_ips']:.0f} images/s at "
-                   f"batch {s['batch_size']} ({s['device']}, {s['threads']} threads)")
-    for note in result.get("notes", []):
-        st.caption(f"ℹ️ {note}")
+    _result_view(results[pick], slot, normalized)
 
 
 shown = [first] + ([second] if second != "(none)" else [])

@@ -13,10 +13,14 @@ from ui.predict import (
     IMAGE_TYPES,
     MAX_FILES,
     MAX_UPLOAD_MB,
+    SAMPLE_CREDIT,
+    SAMPLE_NAME,
+    SAMPLE_SOURCE,
     check_upload,
     digest,
     results_json,
     run_key,
+    sample_photo,
     show_prediction,
 )
 from ui.webcam import live_panel
@@ -69,10 +73,14 @@ def _classify(items: list[tuple[str, bytes]], key: str) -> None:
                            file_name="predictions.json", mime="application/json", key=f"{key}_json")
 
 
-source = st.radio("Images from", ["Upload", "Webcam snapshot", "Live webcam"], horizontal=True,
-                  key="predict_source")
+source = st.radio("Images from", ["Upload", SAMPLE_SOURCE, "Webcam snapshot", "Live webcam"], horizontal=True,
+                  key="predict_source", help="no photo at hand? the sample photo is a real face")
 
-if source == "Upload":
+if source == SAMPLE_SOURCE:
+    st.caption(SAMPLE_CREDIT)
+    _classify([(SAMPLE_NAME, sample_photo())], key="sample")
+
+elif source == "Upload":
     files = st.file_uploader(f"Photos (one or many, up to {MAX_UPLOAD_MB} MB each)", type=IMAGE_TYPES,
                              accept_multiple_files=True, key="predict_files")
     if not files:
