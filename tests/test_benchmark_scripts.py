@@ -126,3 +126,29 @@ def test_fer_framing_turns_box_sizes_into_a_margin(tmp_path: Path, monkeypatch: 
     assert result["images"] == 6 and result["detected"] == 6  # training images only
     assert result["side_over_box_median"] == pytest.approx(1.25)
     assert result["margin"] == pytest.approx(0.125)
+
+
+def test_restricting_a_head_gives_the_renormalised_probabilities(tmp_path: Path) -> None:
+    import torch
+    from conftest import save_tiny_run
+
+    from emotion.runs import load_run, read_json
+
+    fer7 = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+    source = save_tiny_run(tmp_path / "fer7", "efficientnet_lite0", labels=fer7, seed=2)
+    three = save_tiny_run(tmp_path / "three", "efficientnet_lite0")
+    restrict = _script("restrict_classes")
+    out = restrict.restrict(source, ["sad", "angry", "happy"], tmp_path / "fer3", validate_like=three)
+    whole, part = load_run(source), load_run(out)
+    assert part.labels == ["sad", "angry", "happy"]
+    x = torch.rand(3, 3, whole.config.input_size, whole.config.input_size)
+    with torch.no_grad():
+        p7, p3 = whole.module(x).softmax(-1), part.module(x).softmax(-1)
+    kept = p7[:, [5, 0, 3]]
+    torch.testing.assert_close(p3, kept / kept.sum(-1, keepdim=True), rtol=0, atol=1e-6)
+    record = read_json(out / "config.json")
+    assert record["restricted_from"]["kept"] == ["sad", "angry", "happy"]
+    with pytest.raises(SystemExit, match="no class"):
+        restrict.restrict(source, ["angry", "contempt"], tmp_path / "bad")
+    with pytest.raises(SystemExit, match="already holds a run"):
+        restrict.restrict(source, ["angry", "happy"], out)
