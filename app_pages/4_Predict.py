@@ -13,15 +13,13 @@ from ui.predict import (
     IMAGE_TYPES,
     MAX_FILES,
     MAX_UPLOAD_MB,
-    SAMPLE_CREDIT,
-    SAMPLE_NAME,
     SAMPLE_SOURCE,
     check_upload,
     digest,
     results_json,
     run_key,
-    sample_photo,
     show_prediction,
+    show_sample_photo,
 )
 from ui.webcam import live_panel
 
@@ -77,8 +75,7 @@ source = st.radio("Images from", ["Upload", SAMPLE_SOURCE, "Webcam snapshot", "L
                   key="predict_source", help="no photo at hand? the sample photo is a real face")
 
 if source == SAMPLE_SOURCE:
-    st.caption(SAMPLE_CREDIT)
-    _classify([(SAMPLE_NAME, sample_photo())], key="sample")
+    _classify([show_sample_photo()], key="sample")
 
 elif source == "Upload":
     files = st.file_uploader(f"Photos (one or many, up to {MAX_UPLOAD_MB} MB each)", type=IMAGE_TYPES,

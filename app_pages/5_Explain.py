@@ -19,17 +19,7 @@ from ui.explain import (
     view_image,
 )
 from ui.models import model_page
-from ui.predict import (
-    IMAGE_TYPES,
-    MAX_UPLOAD_MB,
-    SAMPLE_CREDIT,
-    SAMPLE_NAME,
-    SAMPLE_SOURCE,
-    check_upload,
-    digest,
-    run_key,
-    sample_photo,
-)
+from ui.predict import IMAGE_TYPES, MAX_UPLOAD_MB, SAMPLE_SOURCE, check_upload, digest, run_key, show_sample_photo
 
 st.set_page_config(page_title="Explain · Emotion Studio", page_icon="🧠", layout="wide")
 st.title("Explain")
@@ -48,8 +38,7 @@ source = st.radio("Image from", [SAMPLE_SOURCE, "Dataset sample", "Upload", "Web
                                              "dataset in the sidebar")
 name, data = None, None
 if source == SAMPLE_SOURCE:
-    st.caption(SAMPLE_CREDIT)
-    name, data = SAMPLE_NAME, sample_photo()
+    name, data = show_sample_photo()
 elif source == "Dataset sample":
     if dataset is None:
         st.info("Choose a dataset in the sidebar, or upload an image.")

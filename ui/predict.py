@@ -43,6 +43,12 @@ def sample_photo() -> bytes:
     return buffer.getvalue()
 
 
+def show_sample_photo() -> tuple[str, bytes]:
+    """The sample photo as an upload (name, bytes), with its credit shown under the source choice."""
+    st.caption(SAMPLE_CREDIT)
+    return SAMPLE_NAME, sample_photo()
+
+
 def check_upload(name: str, data: bytes, max_mb: float = MAX_UPLOAD_MB) -> tuple[Optional[Image.Image], str]:
     """(image, '') for a readable upload, else (None, a message saying what is wrong and what to do)."""
     size_mb = len(data) / 2 ** 20
