@@ -19,7 +19,8 @@ from ui.explain import (
     view_image,
 )
 from ui.models import model_page
-from ui.predict import IMAGE_TYPES, MAX_UPLOAD_MB, SAMPLE_SOURCE, check_upload, digest, run_key, show_sample_photo
+from ui.predict import (IMAGE_TYPES, MAX_UPLOAD_MB, SAMPLE_SOURCE, check_upload, digest, run_key,
+                        show_sample_photo)
 
 st.set_page_config(page_title="Explain · Emotion Studio", page_icon="🧠", layout="wide")
 st.title("Explain")
