@@ -243,8 +243,7 @@ def describe_run(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
     tc = spec.get("train_config") or (train_config if isinstance(train_config, dict) else {})
     is_ensemble = spec.get("model") == "ensemble"
     if is_ensemble and spec.get("members"):  # members share the data: describe it by the first one's
-        first = Path(spec["members"][0])
-        member = read_json_or_none((first if first.is_absolute() else run_dir / first) / CONFIG_FILE)
+        member = read_json_or_none(member_dirs(run_dir, spec)[0] / CONFIG_FILE)  # tolerant: never raises
         tc = (member.get("train_config") or {}) if isinstance(member, dict) else {}
     ready = bool(spec) and isinstance(labels, list) and (is_ensemble or (run_dir / WEIGHTS_FILE).exists())
     state = status.get("state") or ("completed" if ready else "incomplete")
