@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from emotion import paths
 from emotion.runs import list_runs
 from ui.charts import counts_figure
 from ui.models import model_status
@@ -59,7 +58,8 @@ if runs:
                  column_config={c: st.column_config.NumberColumn(c, format="%.3f")
                                 for c in ("val macro-F1", "test accuracy")})
 else:
-    st.caption(f"No runs in `{paths.runs_dir()}` yet.")
+    st.caption("No runs of yours yet: the Train page starts one; the shipped models and the study's results "
+               "are on Predict, Explain and Benchmark already.")
 
 # ----------------------------------------------------------------------------- pages
 st.subheader("Where to start")

@@ -74,7 +74,8 @@ st.subheader("Your runs")
 RUNS_DIR = paths.runs_dir()
 runs = list_runs(RUNS_DIR)
 if not runs:
-    st.info(f"No runs in `{RUNS_DIR}` yet: train one first.")
+    st.info("No runs of yours yet: train one on the Train page and it appears here (runs are kept in "
+            "`checkpoints/runs`, or in the folder `EMOTION_RUNS_DIR` names).")
     st.page_link("app_pages/2_Train.py", label="Train a model", icon=":material/model_training:")
     st.stop()
 

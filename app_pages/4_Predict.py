@@ -1,4 +1,4 @@
-"""Predict page: faces found and classified in uploaded photos, webcam snapshots or live video."""
+"""Predict page: faces found and classified in uploaded photos, videos, webcam snapshots or live video."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ui.predict import (
     show_prediction,
     show_sample_photo,
 )
+from ui.video_upload import video_panel
 from ui.webcam import live_panel
 
 st.set_page_config(page_title="Predict · Emotion Studio", page_icon="🙂", layout="wide")
@@ -71,8 +72,10 @@ def _classify(items: list[tuple[str, bytes]], key: str) -> None:
                            file_name="predictions.json", mime="application/json", key=f"{key}_json")
 
 
-source = st.radio("Images from", ["Upload", SAMPLE_SOURCE, "Webcam snapshot", "Live webcam"], horizontal=True,
-                  key="predict_source", help="no photo at hand? the sample photo is a real face")
+source = st.radio("Images from", ["Upload", SAMPLE_SOURCE, "Video", "Webcam snapshot", "Live webcam"],
+                  horizontal=True, key="predict_source",
+                  help="no photo at hand? the sample photo is a real face; Video: a video file, each face "
+                       "tracked through it")
 
 if source == SAMPLE_SOURCE:
     _classify([show_sample_photo()], key="sample")
@@ -86,6 +89,9 @@ elif source == "Upload":
         if len(files) > MAX_FILES:
             st.warning(f"{len(files)} files uploaded: the first {MAX_FILES} are classified.")
         _classify([(f.name, f.getvalue()) for f in files[:MAX_FILES]], key="upload")
+
+elif source == "Video":
+    video_panel(predictor)
 
 elif source == "Webcam snapshot":
     shot = st.camera_input("Take a snapshot", key="predict_camera",

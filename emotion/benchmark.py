@@ -44,7 +44,7 @@ from emotion.training import DEFAULT_RUNS_DIR, train
 logger = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
-DEFAULT_MODELS = ("resnet34", "efficientnet_b4", "vgg16", "vit_custom", "hf_vit", "efficientnet_lite0",
+DEFAULT_MODELS = ("resnet34", "efficientnet_b4", "vgg16_bn", "vit_custom", "hf_vit", "efficientnet_lite0",
                   ENSEMBLE)
 SCRATCH_ONLY = ("vit_custom",)  # no published weights: always trained from scratch
 RESULT_FILES = ("benchmark.md", "benchmark.csv", "benchmark.json")
@@ -265,8 +265,15 @@ def _result_row(model: str, run_dir: Path, result: dict, reused: bool, val_f1: O
         ece=result["ece"], ece_calibrated=result.get("ece_calibrated"), temperature=result.get("temperature"),
         parameters=result["parameters"], size_mb=result["size_mb"], latency_ms=result["speed"]["latency_ms"],
         throughput_ips=result["speed"]["throughput_ips"], train_time_s=train_time, val_macro_f1=val_f1,
-        run_dir=str(run_dir),
+        run_dir=str(run_dir), **_convergence(run_dir),
     )
+
+
+def _convergence(run_dir: Path) -> dict[str, Any]:
+    """Epochs run, best epoch and whether training converged (:func:`emotion.runs.training_summary`)."""
+    summary = runs.training_summary(run_dir) or {}
+    return {"epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
+            "converged": summary.get("converged")}
 
 
 def _skip_reason(exc: BaseException, limit: int = 400) -> str:
@@ -364,7 +371,8 @@ def _ensemble_row(config: BenchmarkConfig, trained: dict[str, tuple[Path, dict]]
 
 BASE_COLUMNS = ("model", "status", "weights_source", "input_size", "accuracy", "macro_f1", "macro_recall")
 TAIL_COLUMNS = ("ece", "ece_calibrated", "temperature", "parameters", "size_mb", "latency_ms",
-                "throughput_ips", "train_time_s", "val_macro_f1", "run_dir")
+                "throughput_ips", "train_time_s", "epochs_run", "best_epoch", "converged", "val_macro_f1",
+                "run_dir")
 
 
 def columns(classes: list[str]) -> list[str]:
@@ -388,6 +396,10 @@ def _fmt(key: str, value: Any) -> str:
         return f"{value:.1f}"
     if key == "temperature":
         return f"{value:.2f}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key in ("epochs_run", "best_epoch"):
+        return f"{value:g}"
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value).replace("|", "\\|")
@@ -397,14 +409,16 @@ MD_HEADERS = {"model": "model", "weights_source": "weights", "input_size": "inpu
               "macro_f1": "macro-F1", "macro_recall": "macro recall", "ece": "ECE",
               "ece_calibrated": "ECE (T-scaled)",
               "temperature": "T", "parameters": "params", "size_mb": "MB", "latency_ms": "latency ms",
-              "throughput_ips": "img/s", "train_time_s": "train s", "status": "status"}
+              "throughput_ips": "img/s", "train_time_s": "train s", "epochs_run": "epochs",
+              "best_epoch": "best epoch", "converged": "converged", "status": "status"}
 
 
 def to_markdown(doc: dict) -> str:
     classes = doc["classes"]
     keys = ["model", "weights_source", "input_size", "accuracy", "macro_f1", "macro_recall",
             *(f"recall_{c}" for c in classes), "ece", "ece_calibrated", "temperature", "parameters",
-            "size_mb", "latency_ms", "throughput_ips", "train_time_s", "status"]
+            "size_mb", "latency_ms", "throughput_ips", "train_time_s", "epochs_run", "best_epoch",
+            "converged", "status"]
     headers = [MD_HEADERS.get(k, k.replace("recall_", "recall ")) for k in keys]
     data, env = doc["data"], doc["environment"]
     counts = ", ".join(f"{c} {n}" for c, n in data["counts"].get(data["split"], {}).items())
@@ -462,7 +476,7 @@ def run_row(run: dict, split: str = "test") -> dict[str, Any]:
         "weights_source": run.get("weights_source"), "input_size": run.get("input_size"),
         "parameters": metrics.get("parameters"), "train_time_s": metrics.get("train_time_s"),
         "val_macro_f1": (metrics.get("val") or {}).get("macro_f1"), "run_dir": str(run["path"]),
-        "scored_on": None, "created": run.get("created"),
+        "scored_on": None, "created": run.get("created"), **_convergence(run["path"]),
     }
     evaluations = saved_evaluations(run["path"], split=split) if run.get("ready") else []
     if evaluations:

@@ -331,7 +331,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _add_face_args(p: argparse.ArgumentParser) -> None:
     """Run choice and face-finding options shared by ``predict`` and ``explain``."""
-    from emotion.faces import DetectorConfig
+    from emotion.faces import DEFAULT_MIN_SCORES, DETECTORS, DetectorConfig
 
     det = DetectorConfig()
     p.add_argument("--run", default=None,
@@ -341,10 +341,17 @@ def _add_face_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--whole-image", action="store_true",
                    help="when no face is found, classify the whole image (right for tight face crops such "
                         "as FER2013's)")
+    p.add_argument("--detector", default=det.model, choices=list(DETECTORS),
+                   help="face detector: mtcnn, or blazeface (MediaPipe's, several times faster on a CPU, "
+                        "but misses more faces: small ones and faces cut out of their surroundings), "
+                        "blazeface_tiled (also looks at tiles: smaller faces, slower) or blazeface_short "
+                        "(selfie range); see docs/BENCHMARK.md (default: %(default)s)")
     p.add_argument("--min-face-size", type=int, default=det.min_face_size,
-                   help="smallest face side in pixels MTCNN looks for (default: %(default)s)")
-    p.add_argument("--min-score", type=float, default=det.min_score,
-                   help="drop faces whose detector score is below this (default: %(default)s)")
+                   help="smallest face side in pixels the detector reports (default: %(default)s)")
+    scores = ", ".join(f"{name} {score:g}" for name, score in DEFAULT_MIN_SCORES.items())
+    p.add_argument("--min-score", type=float, default=None,
+                   help=f"drop faces whose detector score is below this (default: the detector's own: "
+                        f"{scores})")
     p.add_argument("--thresholds", default=",".join(f"{t:g}" for t in det.thresholds),
                    help="MTCNN P-Net,R-Net,O-Net thresholds (default: %(default)s)")
     p.add_argument("--max-side", type=int, default=det.max_side or 0,
@@ -374,7 +381,7 @@ def _predictor_config(args: argparse.Namespace):
 
     try:
         thresholds = tuple(float(t) for t in _comma_list(args.thresholds))
-        detector = DetectorConfig(min_face_size=args.min_face_size,
+        detector = DetectorConfig(model=args.detector, min_face_size=args.min_face_size,
                                   thresholds=thresholds,  # type: ignore[arg-type]
                                   min_score=args.min_score, max_side=args.max_side or None)
         return PredictorConfig(detector=detector, margin=args.margin, whole_image=args.whole_image,
@@ -398,60 +405,224 @@ def _check_output_image(path: str, option: str):
 
 
 def _setup_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    p.add_argument("images", nargs="+", metavar="INPUT",
+                   help="image files (any format Pillow reads), video files (.mp4 .webm .avi .mov .mkv .m4v, "
+                        "decoded frame by frame with PyAV) or folders (searched recursively for both)")
     _add_face_args(p)
     p.add_argument("--max-faces", type=int, default=None, help="classify at most this many (largest) faces")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object per image (one per line), each with a 'faces' list")
-    p.add_argument("--annotate", default=None, metavar="OUT.png",
-                   help="save the image with boxes and labels drawn (several images: OUT-1.png, "
-                        "OUT-2.png ...)")
+                   help="print one JSON object per image or analysed video frame (one per line), each with a "
+                        "'faces' list")
+    p.add_argument("--out", default=None, metavar="ROWS.csv",
+                   help="write one row per face per image or video frame (source, frame, time_s, track, box, "
+                        "score, label, confidence, p_<class>) to a CSV or JSON Lines (.jsonl) file, as they "
+                        "come: an interrupted run keeps the rows written so far")
+    p.add_argument("--format", default=None, choices=["csv", "jsonl"],
+                   help="format of --out (default: from its extension)")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="videos: analyse every N-th frame (default: %(default)s, every frame)")
+    p.add_argument("--smoothing", type=float, default=None, metavar="ALPHA",
+                   help="videos: weight of the newest frame in each face track's moving average; 1 turns "
+                        "smoothing off (default: the live webcam's)")
+    p.add_argument("--redetect-every", type=int, default=None, metavar="K",
+                   help="videos: run the face detector on every K-th analysed frame and follow the tracked "
+                        "boxes in between; a face that changes triggers it early (default: the live webcam's)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar shown for videos")
+    p.add_argument("--annotate", default=None, metavar="OUT.png|OUT.mp4",
+                   help="save the images with boxes and labels drawn (several images: OUT-1.png, OUT-2.png "
+                        "...); with a video name (.mp4 .webm .avi .mov .mkv .m4v) the videos are written "
+                        "annotated instead (several: OUT-1.mp4 ...), at the analysed frames' rate")
+
+
+def _annotate_target(path: Optional[str]) -> tuple[Optional[Path], str]:
+    """``--annotate``'s path and what it draws on: 'image' (an image name) or 'video' (a video name)."""
+    from emotion.video_files import VIDEO_ENCODERS, pick_encoder
+
+    if not path:
+        return None, "image"
+    if Path(path).suffix.lower() in VIDEO_ENCODERS:
+        pick_encoder(path)  # fail now, not after the first video, when this PyAV cannot write it
+        return Path(path), "video"
+    try:
+        return _check_output_image(path, "--annotate"), "image"
+    except ConfigError:
+        raise ConfigError(f"--annotate {path}: use an image file name such as out.png, or a video file name "
+                          "such as out.mp4 to annotate videos") from None
+
+
+def _load_input_image(path: Path):
+    """``load_image``, with the supported inputs listed when the file's extension is not one of them."""
+    from emotion.images import load_image
+    from emotion.video_files import media_kind, supported_extensions
+
+    try:
+        return load_image(path)
+    except ImageLoadError as exc:
+        if media_kind(path) is None:
+            raise ImageLoadError(f"{exc} (supported inputs: {supported_extensions()})") from None
+        raise
+
+
+def _predict_image_input(args: argparse.Namespace, predictor, about: dict, path: Path, img, out, rows) -> bool:
+    """One image as before: a text block or a JSON line, optionally annotated and written as rows."""
+    import json
+
+    from emotion.video_files import prediction_rows
+
+    try:
+        img = img if img is not None else _load_input_image(path)
+    except ImageLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps({"image": str(path), "error": str(exc), "faces": []}), flush=True)
+        return False
+    result = predictor.predict(img)
+    if rows is not None:
+        rows.write(prediction_rows(str(path), result))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        predictor.annotate(img, result).save(out)
+        logger.info("annotated %s -> %s", path, out)
+    if args.json:
+        print(json.dumps({"image": str(path), **result.to_dict(), "run": about.get("run"),
+                          "run_reason": about.get("run_reason"), "model": about["model"]}), flush=True)
+        return True
+    print(f"{path}: {result.message}")
+    for j, face in enumerate(result.faces):
+        box = ", ".join(f"{v:.0f}" for v in face.box)
+        others = ", ".join(f"{k} {v:.0%}" for k, v in face.probabilities.items())
+        print(f"  {'whole image' if face.source == 'whole' else f'face {j}'} ({box}): "
+              f"{face.label} {face.confidence:.0%}  [{others}]")
+    return True
+
+
+def _predict_video_input(args: argparse.Namespace, predictor, about: dict, path: Path, video_config, out,
+                         rows) -> bool:
+    """One video, frame by frame: rows and JSON lines as frames come, a per-track summary at the end.
+
+    A damaged or truncated video keeps the rows of the frames before the damage;
+    it is reported (naming the frame reached) and counted as failed.
+    """
+    import contextlib
+    import json
+
+    from emotion.video_files import TrackSummary, VideoDecodeError, VideoError, predict_video, progress_bar
+
+    summary = TrackSummary(predictor.labels)
+    analysed, decoded, problem = 0, 0, None
+    progress, close_bar = progress_bar(path.name, disable=args.no_progress)
+
+    def on_progress(done: int, total: Optional[int]) -> None:
+        nonlocal decoded
+        decoded = done
+        progress(done, total)
+
+    frames = predict_video(predictor, path, every=args.every, config=video_config, annotate=out,
+                           progress=on_progress)
+    try:
+        with contextlib.closing(frames):
+            for result in frames:
+                analysed += 1
+                found = result.rows()
+                summary.add(found)
+                if rows is not None:
+                    rows.write(found)
+                if args.json:
+                    print(json.dumps({**result.to_dict(), "run": about.get("run"),
+                                      "run_reason": about.get("run_reason"), "model": about["model"]}), flush=True)
+    except VideoDecodeError as exc:
+        problem = str(exc)
+        logger.warning("%s", exc)
+    except VideoError as exc:  # could not be opened at all
+        close_bar()  # before the message, so the bar does not overwrite it
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps({"video": str(path), "error": str(exc), "faces": []}), flush=True)
+        return False
+    finally:
+        close_bar()
+    if problem is not None and args.json:
+        print(json.dumps({"video": str(path), "error": problem, "frame": decoded, "faces": []}), flush=True)
+    if out is not None and analysed:
+        logger.info("annotated %s -> %s", path, out)
+    if not args.json:
+        every = "" if args.every == 1 else f" (one in {args.every})"
+        tracks = summary.result()
+        print(f"{path}: {analysed} of {decoded} frames analysed{every}, {summary.rows} face rows in "
+              f"{len(tracks)} track{'s' if len(tracks) != 1 else ''}" + (" (stopped early)" if problem else ""))
+        for t in tracks:
+            means = ", ".join(f"{c} {t[f'mean_p_{c}']:.0%}" for c in predictor.labels)
+            span = f"{t['start_s']:.2f}-{t['end_s']:.2f} s, " if t["start_s"] is not None else ""
+            name = f"track #{t['track']}" if t["track"] is not None else "faces"
+            print(f"  {name} ({span}{t['frames']} frames): {t['label']} in {t['label_share']:.0%} of them; "
+                  f"mean {means}")
+    return problem is None
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    """Predict image by image: a damaged file is reported on its own line and the rest still run."""
-    import json
+    """Predict input by input: a damaged image or video is reported on its own and the rest still run."""
+    from emotion.video_files import (
+        InputError,
+        RowWriter,
+        expand_inputs,
+        file_video_config,
+        probe_video,
+        row_format,
+    )
 
-    from emotion.images import ImageLoadError, load_image
-
-    annotate = _check_output_image(args.annotate, "--annotate") if args.annotate else None
+    if args.every < 1:
+        raise ConfigError(f"--every {args.every}: use 1 (every frame) or more")
+    if args.redetect_every is not None and args.redetect_every < 1:
+        raise ConfigError(f"--redetect-every {args.redetect_every}: use 1 (detect on every frame) or more")
+    if args.smoothing is not None and not 0.0 < args.smoothing <= 1.0:
+        raise ConfigError(f"--smoothing {args.smoothing}: use a weight in (0, 1]; 1 turns smoothing off")
+    annotate, annotate_kind = _annotate_target(args.annotate)
+    try:
+        if args.out:
+            row_format(args.out, args.format)
+        inputs = expand_inputs(args.images)
+        video_config = file_video_config(ema_alpha=args.smoothing, redetect_every=args.redetect_every)
+    except (InputError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
     config = _predictor_config(args)
-    first = load_image(args.images[0]) if len(args.images) == 1 else None  # fail before the model loads
+    first = None
+    if len(inputs) == 1:  # fail before the model loads
+        if inputs[0].kind == "image":
+            first = _load_input_image(inputs[0].path)
+        else:
+            probe_video(inputs[0].path)
     from emotion.inference import Predictor
 
     predictor = Predictor.from_run(args.run, config)
     about = predictor.describe()
+    if annotate is not None and any(item.kind != annotate_kind for item in inputs):
+        other = "video" if annotate_kind == "image" else "image"
+        logger.warning("--annotate %s draws on %ss only; the %ss are not annotated (give %s to draw on them)",
+                       annotate, annotate_kind, other, "a video name such as out.mp4" if other == "video"
+                       else "an image name such as out.png")
+    numbered = sum(item.kind == annotate_kind for item in inputs) > 1
+    rows = RowWriter.open(args.out, predictor.labels, args.format) if args.out else None
     failed = 0
-    for i, path in enumerate(args.images, start=1):
-        try:
-            img = first if first is not None else load_image(path)
-        except ImageLoadError as exc:
-            failed += 1
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            if args.json:
-                print(json.dumps({"image": str(path), "error": str(exc), "faces": []}), flush=True)
-            continue
-        result = predictor.predict(img)
-        if annotate is not None:
-            out = annotate if len(args.images) == 1 else annotate.with_name(
-                f"{annotate.stem}-{i}{annotate.suffix}")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            predictor.annotate(img, result).save(out)
-            logger.info("annotated %s -> %s", path, out)
-        if args.json:
-            print(json.dumps({"image": str(path), **result.to_dict(), "run": about.get("run"),
-                              "run_reason": about.get("run_reason"), "model": about["model"]}), flush=True)
-            continue
-        print(f"{path}: {result.message}")
-        for j, face in enumerate(result.faces):
-            box = ", ".join(f"{v:.0f}" for v in face.box)
-            others = ", ".join(f"{k} {v:.0%}" for k, v in face.probabilities.items())
-            print(f"  {'whole image' if face.source == 'whole' else f'face {j}'} ({box}): "
-                  f"{face.label} {face.confidence:.0%}  [{others}]")
+    try:
+        for i, item in enumerate(inputs, start=1):
+            out = None
+            if annotate is not None and item.kind == annotate_kind:
+                out = annotate.with_name(f"{annotate.stem}-{i}{annotate.suffix}") if numbered else annotate
+            if item.kind == "image":
+                ok = _predict_image_input(args, predictor, about, item.path, first, out, rows)
+            else:
+                ok = _predict_video_input(args, predictor, about, item.path, video_config, out, rows)
+            failed += not ok
+    finally:
+        if rows is not None:
+            rows.close()
+            logger.info("wrote %d rows to %s", rows.rows, args.out)
     if not args.json:
         print(f"model: {about['model']} from {about.get('run')} ({about.get('run_reason')})")
     if failed:
-        logger.warning("%d of %d images could not be read", failed, len(args.images))
+        what = "images" if all(item.kind == "image" for item in inputs) else "inputs"
+        logger.warning("%d of %d %s could not be read%s", failed, len(inputs), what,
+                       "" if what == "images" else " in full")
         return 2
     return 0
 
@@ -570,7 +741,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "ensemble": ("combine trained runs into an ensemble run", _setup_ensemble, _cmd_ensemble),
     "benchmark": ("train or reuse several models, ensemble them and tabulate test scores", _setup_benchmark,
                   _cmd_benchmark),
-    "predict": ("find the faces in images and classify their emotions", _setup_predict, _cmd_predict),
+    "predict": ("find the faces in images, folders and videos and classify their emotions",
+                _setup_predict, _cmd_predict),
     "export": ("write a run as an ONNX file (labels, preprocessing and temperature in its metadata)",
                _setup_export, _cmd_export),
     "explain": ("show which parts of a face drove a prediction (Grad-CAM, rollout, feature maps)",
@@ -584,7 +756,9 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     Some commands' options come from dataclasses in modules that import torch;
     building only the command being run keeps ``--help`` and ``audit`` quick.
     """
-    parser = argparse.ArgumentParser(prog="python -m emotion", description="Emotion Studio command line")
+    # the installed console script reads "emotion"; `python -m emotion` reads as it is typed
+    prog = "emotion" if Path(sys.argv[0]).name == "emotion" else "python -m emotion"
+    parser = argparse.ArgumentParser(prog=prog, description="Emotion Studio command line")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     with_train = only is None or only == "train"
 

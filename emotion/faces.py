@@ -1,10 +1,20 @@
-"""Face detection (MTCNN), face crops and face cropping as a cached dataset step.
+"""Face detection (BlazeFace or MTCNN), face crops and face cropping as a cached dataset step.
 
 Emotion models work best on a face that fills the frame, but the photos people
 upload or stream from a webcam show a whole scene.  This module finds every
-face with facenet-pytorch's MTCNN (box, five landmarks, score), cuts a square,
-optionally eye-levelled crop around one, and turns a whole dataset into face
-crops once, cached by file content so re-runs and overlapping datasets are free.
+face (box, five landmarks, score), cuts a square, optionally eye-levelled crop
+around one, and turns a whole dataset into face crops once, cached by file
+content so re-runs and overlapping datasets are free.
+
+Two detectors sit behind one interface (:class:`FaceDetector`, chosen by
+``DetectorConfig.model``, see :data:`DETECTORS`): facenet-pytorch's MTCNN (the
+default) and MediaPipe's BlazeFace run by LiteRT (:mod:`emotion.blazeface`;
+several times faster on a CPU, but it misses many faces that MTCNN finds: small
+ones, and faces cut out of their surroundings).  ``benchmarks/face_detection.py``
+measured both (docs/BENCHMARK.md, "Face detectors"): MTCNN stays the default
+for photos and the webcam because no BlazeFace variant found as many faces of
+40 px and larger, and the dataset crop step keeps MTCNN in any case so crops
+match the ones existing runs were trained on.
 
 Datasets such as FER2013 are already tight 48x48 face crops, on which MTCNN
 often finds nothing (it needs some context around a face).  Such misses are
@@ -12,10 +22,11 @@ never dropped silently: :class:`MissPolicy` says what happens and the
 :class:`CropReport` counts it.
 
 Speed matters for the webcam path, so detection downsizes large frames to
-``max_side`` before running MTCNN (boxes are mapped back to original pixels),
-reuses one lazily built MTCNN per detector (see :func:`get_detector`) and runs
-under ``torch.inference_mode``.  torch and facenet-pytorch are imported only
-when a detector is first used, so configs and crops work without them.
+``max_side`` before running the detector (boxes are mapped back to original
+pixels), reuses one lazily built model per config (see :func:`get_detector`)
+and runs MTCNN under ``torch.inference_mode``.  torch, facenet-pytorch and
+LiteRT are imported only when a detector is first used, so configs and crops
+work without them.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+from emotion.blazeface import BlazeFace, BlazeFaceUnavailable
 from emotion.images import ImageInput, load_image
 
 logger = logging.getLogger(__name__)
@@ -47,6 +59,24 @@ FACE_CHOICES: tuple[str, ...] = ("largest", "most_confident")
 PAD_MODES: tuple[str, ...] = ("edge", "black", "shift")
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
+# Face detectors (DetectorConfig.model).  BlazeFace variants run MediaPipe's models on the CPU via
+# LiteRT: "blazeface" the full-range model on the whole frame, "blazeface_tiled" the same model also
+# on overlapping tiles (finds smaller faces; a few model runs per frame), "blazeface_short" the
+# short-range (selfie) model.  "mtcnn" is facenet-pytorch's MTCNN.
+DETECTORS: tuple[str, ...] = ("mtcnn", "blazeface", "blazeface_tiled", "blazeface_short")
+# Photos and uploads, and the webcam (emotion.video downscales frames first): the rule is recall on
+# faces of 40 px and larger at least MTCNN's, and no BlazeFace variant met it (docs/BENCHMARK.md).
+DEFAULT_DETECTOR = "mtcnn"
+DATASET_DETECTOR = "mtcnn"  # the cached dataset crop step: crops match those existing runs were trained on
+# Each detector's scores mean something else: MTCNN's O-Net is sure of most faces, BlazeFace's 0.5 is
+# MediaPipe's own min_detection_confidence.
+DEFAULT_MIN_SCORES: dict[str, float] = {"mtcnn": 0.9, "blazeface": 0.5, "blazeface_tiled": 0.5,
+                                        "blazeface_short": 0.5}
+_BLAZEFACE_MODELS = {"blazeface": "full", "blazeface_tiled": "full", "blazeface_short": "short"}
+# blazeface_tiled: tile side as a fraction of the image's longer side (a 640x480 frame: four 384 px tiles),
+# so each tile shows faces 1.7x larger to the model than the whole frame does
+BLAZEFACE_TILE_FRACTION = 0.6
+
 
 class FaceDetectionError(RuntimeError):
     """The detector cannot run (missing package, bad device) or failed on an image."""
@@ -59,10 +89,11 @@ class FaceDetectionError(RuntimeError):
 class Face:
     """One detected face in original-image pixel coordinates.
 
-    ``box`` is (x1, y1, x2, y2) as MTCNN gives it; it may reach slightly past
-    the image edge (crops pad there).  ``landmarks`` are the five MTCNN points
-    (left eye, right eye, nose, mouth left, mouth right; left/right as seen in
-    the image), or empty for a face built by hand.
+    ``box`` is (x1, y1, x2, y2) as the detector gives it; it may reach slightly
+    past the image edge (crops pad there).  ``landmarks`` are five points (left
+    eye, right eye, nose, mouth left, mouth right; left/right as seen in the
+    image; BlazeFace has one mouth point, given for both corners), or empty for
+    a face built by hand.
     """
 
     box: tuple[float, float, float, float]
@@ -169,24 +200,47 @@ def _from_known_fields(cls: type, data: Mapping[str, Any], what: str) -> Any:
 
 @dataclass
 class DetectorConfig:
-    """MTCNN settings; defaults are facenet-pytorch's plus a score filter and a speed cap."""
+    """Which face detector and its settings; MTCNN's defaults are facenet-pytorch's plus a score filter.
+
+    ``model`` picks the detector (:data:`DETECTORS`).  ``thresholds`` and
+    ``factor`` only apply to MTCNN; ``min_score``, ``min_face_size`` and
+    ``max_side`` to every detector.  ``min_score=None`` means the chosen
+    detector's own default (:data:`DEFAULT_MIN_SCORES`), resolved when the
+    config is built, so replace ``model`` together with ``min_score``.
+    """
 
     min_face_size: int = field(default=20, metadata={
-        "help": "smallest face side in pixels (of the possibly downscaled image) that MTCNN looks "
-                "for; larger is faster"})
+        "help": "smallest face side in pixels (of the possibly downscaled image): MTCNN's pyramid starts "
+                "there (larger is faster); other detectors drop smaller faces"})
     thresholds: tuple[float, float, float] = field(default=(0.6, 0.7, 0.7), metadata={
         "help": "P-Net, R-Net, O-Net score thresholds of the MTCNN cascade"})
     factor: float = field(default=0.709, metadata={
-        "help": "image-pyramid scale step; smaller is faster but can miss faces"})
-    min_score: float = field(default=0.9, metadata={
-        "help": "faces with a final MTCNN score below this are dropped"})
+        "help": "MTCNN image-pyramid scale step; smaller is faster but can miss faces"})
+    min_score: Optional[float] = field(default=None, metadata={
+        "help": "faces with a final detector score below this are dropped; None: the detector's default "
+                "(MTCNN 0.9, BlazeFace 0.5)"})
     max_side: Optional[int] = field(default=640, metadata={
         "help": "downscale images whose longer side exceeds this before detection (speed); "
                 "boxes are returned in original pixels; None keeps full resolution"})
     device: str = field(default="cpu", metadata={
-        "help": "torch device for MTCNN: cpu, cuda, cuda:N or mps"})
+        "help": "torch device for MTCNN: cpu, cuda, cuda:N or mps (BlazeFace always runs on the CPU)"})
+    model: str = field(default=DEFAULT_DETECTOR, metadata={
+        "help": "face detector: mtcnn, blazeface (several times faster on a CPU, fewer faces found), "
+                "blazeface_tiled (also looks at tiles: smaller faces, slower) or blazeface_short "
+                "(selfie range)"})
+    threads: int = field(default=2, metadata={
+        "help": "CPU threads for BlazeFace (LiteRT); MTCNN uses torch's thread setting"})
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or self.model.strip().lower() not in DETECTORS:
+            raise ValueError(f"model={self.model!r} is not a face detector; choose one of {list(DETECTORS)}")
+        self.model = self.model.strip().lower()
+        if self.min_score is None:
+            self.min_score = DEFAULT_MIN_SCORES[self.model]
+        if isinstance(self.threads, bool) or not isinstance(self.threads, (int, np.integer)) \
+                or not 1 <= self.threads <= 64:
+            raise ValueError(f"threads={self.threads!r} must be an integer from 1 to 64 (default 2)")
+        self.threads = int(self.threads)
         if isinstance(self.min_face_size, bool) or not isinstance(self.min_face_size, (int, np.integer)) \
                 or self.min_face_size < 5:
             raise ValueError(
@@ -205,7 +259,8 @@ class DetectorConfig:
             raise ValueError(f"factor={self.factor!r} must be between 0.1 and 0.95 (default 0.709)")
         self.factor = float(self.factor)
         if not isinstance(self.min_score, (int, float)) or not 0.0 <= float(self.min_score) <= 1.0:
-            raise ValueError(f"min_score={self.min_score!r} must be between 0 and 1 (default 0.9)")
+            raise ValueError(f"min_score={self.min_score!r} must be between 0 and 1 (default for "
+                             f"{self.model}: {DEFAULT_MIN_SCORES[self.model]})")
         self.min_score = float(self.min_score)
         if self.max_side is not None:
             if isinstance(self.max_side, bool) or not isinstance(self.max_side, (int, np.integer)) \
@@ -228,10 +283,21 @@ class DetectorConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "DetectorConfig":
         return _from_known_fields(cls, data, "detector")
 
+    @property
+    def is_blazeface(self) -> bool:
+        return self.model in _BLAZEFACE_MODELS
+
     def cache_key(self) -> str:
-        """Hash of what changes detections (device excluded: CPU and GPU share the cache)."""
+        """Hash of what changes detections (device and threads excluded: they do not change boxes).
+
+        MTCNN configs hash exactly as before detectors could be chosen, so crop
+        caches made then are still found.
+        """
         d = self.to_dict()
         d.pop("device")
+        d.pop("threads")
+        if d["model"] == "mtcnn":
+            d.pop("model")
         return _hash({"v": CROP_CACHE_VERSION, **d})
 
 
@@ -272,8 +338,9 @@ class CropConfig:
     pad: PadMode = field(default="edge", metadata={
         "help": "fill for crop parts outside the image: 'edge' (repeat border pixels), 'black', or "
                 "'shift' (move the square inside the image where it fits, then repeat border pixels)"})
-    detector: DetectorConfig = field(default_factory=DetectorConfig, metadata={
-        "help": "MTCNN settings"})
+    detector: DetectorConfig = field(default_factory=lambda: DetectorConfig(model=DATASET_DETECTOR),
+                                     metadata={"help": "face detector settings (MTCNN by default: the "
+                                                       "crops existing runs were trained on)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) \
@@ -287,8 +354,8 @@ class CropConfig:
         self.on_miss = MissPolicy.parse(self.on_miss)
         _check_choice("face", self.face, FACE_CHOICES)
         _check_choice("pad", self.pad, PAD_MODES)
-        if isinstance(self.detector, Mapping):
-            self.detector = DetectorConfig.from_dict(self.detector)
+        if isinstance(self.detector, Mapping):  # a crop config saved before detectors could be chosen: MTCNN
+            self.detector = DetectorConfig.from_dict({"model": DATASET_DETECTOR, **self.detector})
         if not isinstance(self.detector, DetectorConfig):
             raise ValueError(f"detector={self.detector!r} must be a DetectorConfig or a dict of its fields")
 
@@ -338,10 +405,11 @@ def _check_size(size: Any) -> None:
 
 
 class FaceDetector:
-    """All faces in an image via MTCNN; build once and reuse (model load is the slow part).
+    """All faces in an image with the detector ``config.model`` names; build once and reuse.
 
-    ``detect`` may be called from several threads: calls into MTCNN are
-    serialised by a lock (PyTorch already uses every core for one call).
+    Loading the model is the slow part, so it happens on first use and is kept.
+    ``detect`` may be called from several threads: calls into the model are
+    serialised by a lock (one call already uses the configured threads).
     """
 
     def __init__(self, config: Optional[DetectorConfig] = None) -> None:
@@ -349,7 +417,25 @@ class FaceDetector:
         if not isinstance(self.config, DetectorConfig):
             raise ValueError(f"FaceDetector needs a DetectorConfig, got {type(self.config).__name__}")
         self._mtcnn: Any = None
+        self._blazeface: Any = None
         self._lock = threading.Lock()
+
+    def _build_blazeface(self) -> Any:
+        try:
+            return BlazeFace(_BLAZEFACE_MODELS[self.config.model], threads=self.config.threads,
+                             min_score=self.config.min_score)
+        except BlazeFaceUnavailable as exc:
+            raise FaceDetectionError(f"detector {self.config.model!r} cannot load: {exc}; or choose "
+                                     "detector 'mtcnn'") from None
+
+    @property
+    def blazeface(self) -> Any:
+        """The underlying :class:`emotion.blazeface.BlazeFace`, built on first use."""
+        if self._blazeface is None:
+            with self._lock:
+                if self._blazeface is None:
+                    self._blazeface = self._build_blazeface()
+        return self._blazeface
 
     def _build(self) -> Any:
         try:
@@ -397,8 +483,9 @@ class FaceDetector:
     def detect(self, image: ImageInput) -> list[Face]:
         """Faces with score >= ``min_score``, left to right, in original-image pixels.
 
-        Raises ``ImageLoadError`` for undecodable input and ``FaceDetectionError``
-        when MTCNN itself fails.
+        Any image :func:`~emotion.images.load_image` reads is accepted (grayscale
+        and RGBA are converted).  Raises ``ImageLoadError`` for undecodable input
+        and ``FaceDetectionError`` when the detector itself fails.
         """
         img = load_image(image)
         w, h = img.size
@@ -411,6 +498,8 @@ class FaceDetector:
         else:
             small = img
         sw, sh = small.size
+        if cfg.is_blazeface:
+            return self._detect_blazeface(small, w / sw, h / sh)
         if min(sw, sh) < cfg.min_face_size:
             # MTCNN's image pyramid is empty here (and facenet-pytorch would crash).
             logger.debug("image %dx%d smaller than min_face_size=%d: no faces", sw, sh, cfg.min_face_size)
@@ -433,6 +522,34 @@ class FaceDetector:
             face = Face(tuple(float(v) for v in box),  # type: ignore[arg-type]
                         tuple((float(x), float(y)) for x, y in pts), float(prob))
             faces.append(face.scaled(sx, sy) if scale != 1.0 else face)
+        faces.sort(key=lambda f: (f.center[0], f.center[1]))
+        return faces
+
+    def _detect_blazeface(self, small: Image.Image, sx: float, sy: float) -> list[Face]:
+        """BlazeFace on the (downscaled) image; faces mapped back by ``sx``, ``sy``.
+
+        BlazeFace's six keypoints become the five of :data:`LANDMARK_NAMES`: the
+        eyes and nose tip as they are, and its one mouth-centre point for both
+        mouth corners (it has no corners); the ear points are dropped.
+        """
+        cfg = self.config
+        model = self.blazeface
+        tile = None
+        if cfg.model == "blazeface_tiled" and max(small.size) > model.spec.input_size:
+            tile = round(BLAZEFACE_TILE_FRACTION * max(small.size))  # below input size tiles add no detail
+        try:
+            boxes, scores, points = model.detect(small, tile=tile)
+        except Exception as exc:  # LiteRT raises RuntimeError/ValueError from its C++ core
+            raise FaceDetectionError(
+                f"{cfg.model} failed on a {small.width}x{small.height} image: {exc}") from exc
+        faces = []
+        for box, score, pts in zip(boxes, scores, points):
+            if float(score) < cfg.min_score or max(box[2] - box[0], box[3] - box[1]) < cfg.min_face_size:
+                continue
+            marks = (pts[0], pts[1], pts[2], pts[3], pts[3])
+            face = Face(tuple(float(v) for v in box),  # type: ignore[arg-type]
+                        tuple((float(x), float(y)) for x, y in marks), float(score))
+            faces.append(face.scaled(sx, sy) if (sx, sy) != (1.0, 1.0) else face)
         faces.sort(key=lambda f: (f.center[0], f.center[1]))
         return faces
 

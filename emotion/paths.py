@@ -8,6 +8,10 @@ they never see the user's runs); ``EMOTION_DEFAULT_MODEL_DIR`` moves the
 shipped model's folder.  ``EMOTION_DATA_ROOTS`` (folders separated by
 ``os.pathsep``) confines dataset folders to those roots, for public
 deployments where a browser user must not read arbitrary server folders.
+
+An installed copy (``pip install .``) carries the shipped models and results in
+``emotion/checkpoints/``; they answer when the working directory has no
+``checkpoints/default``, so the ``emotion`` command works from any folder.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ JOBS_DIR_ENV = "EMOTION_JOBS_DIR"
 DEFAULT_MODEL_ENV = "EMOTION_DEFAULT_MODEL_DIR"
 DEFAULT_RUNS_DIR = Path("checkpoints") / "runs"
 DEFAULT_MODEL_DIR = Path("checkpoints") / "default"
+# Where `pip install .` puts the repository's checkpoints/{default,fer7,results} (see pyproject.toml);
+# a checkout has no such folder, so there the relative paths above are all there is.
+INSTALLED_CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 
 def runs_dir() -> Path:
@@ -50,10 +57,17 @@ def exclusion_file(dataset_name: str) -> Path:
 def default_model_dir() -> Path:
     """The shipped model: ``$EMOTION_DEFAULT_MODEL_DIR`` or ``checkpoints/default``.
 
-    Prediction uses it when no run is named.
+    Prediction uses it when no run is named.  When the working directory has no
+    ``checkpoints/default`` and this is an installed copy, it is the copy installed
+    with the package (so ``emotion predict`` works from any folder).
     """
     env = os.environ.get(DEFAULT_MODEL_ENV, "").strip()
-    return Path(env).expanduser() if env else DEFAULT_MODEL_DIR
+    if env:
+        return Path(env).expanduser()
+    installed = INSTALLED_CHECKPOINTS_DIR / DEFAULT_MODEL_DIR.name
+    if not DEFAULT_MODEL_DIR.is_dir() and installed.is_dir():
+        return installed
+    return DEFAULT_MODEL_DIR
 
 
 def shipped_model_dirs() -> dict[str, Path]:

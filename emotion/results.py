@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from emotion import paths
+from emotion import paths, runs
 from emotion.fileio import read_json_or_none, utc_now, write_json
 from emotion.names import slug
 from emotion.profiling import machine_description
@@ -46,7 +46,11 @@ def save_shipped_result(result: dict[str, Any], command: Sequence[str], name: Op
     root = Path(root) if root is not None else Path.cwd()
     out = Path(out_dir) if out_dir is not None else paths.shipped_results_dir()
     record = dict(result)
-    record["run"] = {**result["run"], "path": _relative(result["run"].get("path"), root)}
+    run_path = result["run"].get("path")
+    record["run"] = {**result["run"], "path": _relative(run_path, root)}
+    training = runs.training_summary(run_path) if run_path else None
+    if training is not None:  # epochs, wall time and whether it converged: a short run must say so
+        record["training"] = training
     record["data"] = {**result["data"], "root": _relative(result["data"].get("root"), root)}
     record.pop("saved_to", None)
     record["provenance"] = {
@@ -89,4 +93,14 @@ def shipped_row(result: dict[str, Any]) -> dict[str, Any]:
             "weights": run.get("weights_source"), "data": data.get("name"), "split": data.get("split"),
             "images": data.get("images"), "accuracy": result.get("accuracy"), "macro_f1": result.get("macro_f1"),
             "macro_recall": result.get("macro_recall"), "ece": result.get("ece"),
+            **training_columns(result.get("training")),
             "date": str((result.get("provenance") or {}).get("date", ""))[:10] or None}
+
+
+def training_columns(training: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """Epochs run, best epoch, training minutes and convergence (all None for a result without them)."""
+    training = training or {}
+    minutes = training.get("train_time_s")
+    return {"epochs": training.get("epochs_run"), "best_epoch": training.get("best_epoch"),
+            "train_min": round(minutes / 60, 1) if minutes is not None else None,
+            "converged": ("yes" if training["converged"] else "no") if "converged" in training else None}

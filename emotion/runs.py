@@ -275,6 +275,51 @@ def describe_run(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
     }
 
 
+def training_summary(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
+    """How a finished run's training ended, from ``history.json`` and ``metrics.json``; None if it has none.
+
+    A table of results must not pass off a run cut short as what an architecture
+    reaches, so each row says how many epochs ran of how many budgeted, which one
+    was best, the wall time, and ``converged``: early stopping ended it, or its
+    validation metric did not improve over its last ``patience`` evaluations
+    (what early stopping waits for). A run still improving when its budget ran
+    out reads ``converged: False``.
+    """
+    run_dir = Path(run_dir)
+    history, metrics = read_json_or_none(run_dir / HISTORY_FILE), read_json_or_none(run_dir / METRICS_FILE)
+    if not isinstance(history, list) or not isinstance(metrics, dict):
+        return None
+    spec = read_json_or_none(run_dir / CONFIG_FILE)
+    tc = train_config_of(spec if isinstance(spec, dict) else {}, run_dir)
+    key = f"eval_{tc.get('metric') or 'macro_f1'}"
+    evals = [(float(r["epoch"]), float(r[key])) for r in history
+             if isinstance(r, dict) and key in r and r.get("epoch") is not None]
+    if not evals:
+        return None
+    best_epoch, best = evals[0]
+    for epoch, value in evals[1:]:
+        if value > best:  # strictly better, as the Trainer's early stopping counts it
+            best_epoch, best = epoch, value
+    patience = int(tc.get("early_stopping_patience") or 0) or 3
+    since_best = sum(1 for epoch, _ in evals if epoch > best_epoch)
+    epochs_run = float(metrics.get("epochs_completed") or evals[-1][0])
+    budget = tc.get("epochs")
+    stopped_early = (bool(tc.get("early_stopping_patience")) and budget is not None
+                     and int(tc.get("max_steps") or -1) <= 0 and epochs_run < float(budget) - 1e-3)
+    return {
+        "epochs_run": round(epochs_run, 2),
+        "epochs_budget": float(budget) if budget is not None else None,
+        "best_epoch": round(best_epoch, 2),
+        "best_metric": round(best, 4),
+        "metric": key.removeprefix("eval_"),
+        "patience": patience,
+        "train_time_s": metrics.get("train_time_s"),
+        "stopped_early": stopped_early,
+        "converged": bool(stopped_early or since_best >= patience),
+        "curve": [[round(e, 2), round(v, 4)] for e, v in evals],
+    }
+
+
 def is_complete(run_dir: Union[str, Path]) -> bool:
     """Whether ``run_dir`` holds a finished run whose model can be loaded (shipped models included)."""
     info = describe_run(run_dir) if Path(run_dir).is_dir() else None

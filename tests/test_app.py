@@ -421,6 +421,38 @@ def test_predict_page_run_choice_and_webcam_modes(tiny_model: Path) -> None:
         assert {"predict_live_alpha", "predict_live_every"} <= {s.key for s in at.slider}
 
 
+def test_predict_page_video_upload_shows_a_timeline_per_face_and_the_csv(tiny_model: Path, tmp_path: Path) -> None:
+    import av
+
+    clip = tmp_path / "clip.mp4"  # the astronaut's face drifting right for 1 s at 10 fps
+    face = ASTRONAUT.crop((140, 20, 316, 216)).resize((88, 98))
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(10):
+            canvas = Image.new("RGB", (160, 120), (90, 90, 90))
+            canvas.paste(face, (20 + 2 * i, 8))
+            for packet in stream.encode(av.VideoFrame.from_image(canvas)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    at = _page("4_Predict")
+    at.radio(key="predict_source").set_value("Video").run()
+    assert not at.exception, at.exception
+    assert any("Upload a video" in i.value for i in at.info)
+    at.number_input(key="predict_video_every").set_value(2)
+    at.file_uploader(key="predict_video_file").set_value(("clip.mp4", clip.read_bytes(), "video/mp4")).run()
+    assert not at.exception, at.exception
+    assert "**clip.mp4** · 5 frames analysed (one in 2) · 5 face rows · 1 face track" in _texts(at)
+    assert len(at.get("plotly_chart")) == 1  # one timeline: one face
+    assert "Download the rows (CSV)" in [b.proto.label for b in at.get("download_button")]
+    assert at.dataframe[0].value["frames"].tolist() == [5]  # the track table
+
+    at.file_uploader(key="predict_video_file").set_value(("broken.mp4", b"not a video", "video/mp4")).run()
+    assert not at.exception, at.exception
+    assert any("**broken.mp4** could not be read as a video" in e.value for e in at.error)
+
+
 def test_upload_checks_and_labelled_faces() -> None:
     from emotion.faces import Face
     from emotion.inference import FacePrediction, ImagePrediction

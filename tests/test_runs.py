@@ -131,3 +131,47 @@ def test_atomic_write_sets_the_mode_asked_for_and_cleans_up_after_a_failing_writ
     with pytest.raises(OSError, match="disk full"):
         atomic_write(target, fails)
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["crop.png"]
+
+
+def _history_run(folder: Path, curve: list[float], epochs_budget: float, patience: int = 3) -> Path:
+    """A run folder with only the files :func:`training_summary` reads: config, history, metrics."""
+    folder.mkdir(parents=True)
+    write_json(folder / "config.json", {"model": "resnet34", "train_config": {
+        "metric": "macro_f1", "early_stopping_patience": patience, "epochs": epochs_budget, "max_steps": -1}})
+    history = [{"loss": 1.0, "epoch": 0.5, "step": 5}]
+    history += [{"eval_macro_f1": f1, "eval_accuracy": f1, "epoch": float(i + 1), "step": 10 * (i + 1)}
+                for i, f1 in enumerate(curve)]
+    write_json(folder / "history.json", history)
+    write_json(folder / "metrics.json", {"epochs_completed": float(len(curve)), "train_time_s": 600.0})
+    return folder
+
+
+def test_training_summary_says_whether_a_run_converged(tmp_path: Path) -> None:
+    from emotion.runs import training_summary
+
+    still_rising = training_summary(_history_run(tmp_path / "rising", [0.4, 0.5, 0.6, 0.65], 4))
+    assert still_rising["converged"] is False and still_rising["stopped_early"] is False
+    assert (still_rising["epochs_run"], still_rising["best_epoch"]) == (4, 4)
+    assert still_rising["epochs_budget"] == 4
+    assert still_rising["curve"][-1] == [4.0, 0.65]
+
+    # early stopping fired: 3 evaluations without a strictly better score, before the budget ran out
+    stopped = training_summary(_history_run(tmp_path / "stopped", [0.4, 0.6, 0.6, 0.59, 0.58], 10))
+    assert stopped["converged"] is True and stopped["stopped_early"] is True and stopped["best_epoch"] == 2
+
+    # the budget ran out on a plateau: converged by the same rule, though not stopped early
+    plateau = training_summary(_history_run(tmp_path / "plateau", [0.5, 0.62, 0.61, 0.6, 0.62], 5))
+    assert plateau["converged"] is True and plateau["stopped_early"] is False and plateau["best_epoch"] == 2
+
+    # only two evaluations since the best: not yet converged under patience 3
+    short = training_summary(_history_run(tmp_path / "short", [0.5, 0.62, 0.61, 0.6], 4))
+    assert short["converged"] is False
+
+
+def test_training_summary_is_none_without_a_training_history(tmp_path: Path) -> None:
+    from emotion.runs import training_summary
+
+    (tmp_path / "copied").mkdir()
+    assert training_summary(tmp_path / "copied") is None
+    folder = _history_run(tmp_path / "no-evals", [], 3)
+    assert training_summary(folder) is None

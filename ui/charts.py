@@ -83,3 +83,22 @@ def counts_figure(counts: dict[str, dict[str, int]], title: str = "Images per cl
     fig = px.bar(rows, x="class", y="images", color="split", barmode="group", title=title, text_auto=True)
     fig.update_layout(margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def emotion_timeline_figure(rows: Sequence[dict[str, Any]], labels: Sequence[str], title: str = "") -> go.Figure:
+    """One face track over a video: each class's probability (smoothed, as labelled) against time.
+
+    ``rows`` are :func:`emotion.video_files.prediction_rows` rows of one track, in time order;
+    the top label of each frame is in the hover text.
+    """
+    times = [r["time_s"] for r in rows]
+    fig = go.Figure()
+    for name in labels:
+        fig.add_trace(go.Scatter(x=times, y=[r[f"p_{name}"] for r in rows], mode="lines", name=name,
+                                 customdata=[r["label"] for r in rows],
+                                 hovertemplate="%{x:.2f} s: " + name + " %{y:.0%} (top: %{customdata})"
+                                               "<extra></extra>"))
+    fig.update_layout(title=title or "Emotion over time", xaxis_title="time (s)", yaxis_title="probability",
+                      yaxis=dict(range=[0, 1], tickformat=".0%"), height=280, hovermode="x unified",
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+    return fig
