@@ -3,7 +3,9 @@
 :class:`VideoPredictor` wraps a shared :class:`~emotion.inference.Predictor`:
 between detections it reuses the tracked boxes, re-detecting early when a face
 crop changes; each face's probabilities are an exponential moving average over
-its track, so labels do not flicker.
+its track, so labels do not flicker.  A stream whose resolution changes (WebRTC
+scales a camera's video down and up with bandwidth and CPU load) keeps its
+tracks: their boxes are rescaled to the new frame size.
 """
 
 from __future__ import annotations
@@ -79,6 +81,13 @@ def iou_matrix(boxes_a: Sequence[Sequence[float]], boxes_b: Sequence[Sequence[fl
     return ious.nan_to_num(0.0).numpy()  # an empty box against an empty box: 0, not NaN
 
 
+def scale_face(face: Face, sx: float, sy: float) -> Face:
+    """``face`` in the same image resized by ``sx`` horizontally and ``sy`` vertically."""
+    x1, y1, x2, y2 = face.box
+    return Face((x1 * sx, y1 * sy, x2 * sx, y2 * sy), tuple((x * sx, y * sy) for x, y in face.landmarks),
+                face.score)
+
+
 def _thumbnail(img: Image.Image, face: Face) -> np.ndarray:
     """A 16x16 grey view of a face box: cheap evidence of whether the face moved or changed."""
     w, h = img.size
@@ -121,12 +130,26 @@ class VideoPredictor:
         self._last_detection = -(10 ** 9)
         self._next_id = 1
         self.detections = 0  # how often the detector ran (for the UI and tests)
+        self._size: Optional[tuple[int, int]] = None  # (width, height) of the previous frame
 
     def reset(self) -> None:
         """Forget all tracks (new stream or camera switched)."""
         self.tracks = []
         self.frame_index = -1
         self._last_detection = -(10 ** 9)
+        self._size = None
+
+    def _follow_resize(self, size: tuple[int, int]) -> bool:
+        """Rescale the tracks when the frame size changed (True then: detect again on this frame)."""
+        previous, self._size = self._size, size
+        if previous is None or previous == size or not self.tracks:
+            return False
+        sx, sy = size[0] / previous[0], size[1] / previous[1]
+        logger.debug("frame %d: %dx%d -> %dx%d, %d track(s) rescaled", self.frame_index, *previous, *size,
+                     len(self.tracks))
+        for track in self.tracks:
+            track.face = scale_face(track.face, sx, sy)
+        return True
 
     def _needs_detection(self, img: Image.Image) -> tuple[bool, dict[int, np.ndarray]]:
         if not self.tracks or self.frame_index - self._last_detection >= self.config.redetect_every:
@@ -167,7 +190,8 @@ class VideoPredictor:
         t0 = time.perf_counter()
         img = load_image(frame)
         self.frame_index += 1
-        detect, _ = self._needs_detection(img)
+        resized = self._follow_resize(img.size)
+        detect = resized or self._needs_detection(img)[0]
         if detect:
             faces = self.predictor.detect(img, detector=self.detector)
             self.detections += 1
