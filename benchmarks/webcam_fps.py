@@ -288,6 +288,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)  # this script's progress; the libraries' warnings only
     if args.frames < 1 or args.warmup < 0:
         raise SystemExit(f"--frames {args.frames} must be >= 1 and --warmup {args.warmup} >= 0")
     faces = [int(f) for f in args.faces.split(",")]
@@ -308,13 +309,13 @@ def main() -> None:
                            **measure_callback(predictor, n, args.frames, args.warmup, args.redetect_every,
                                               args.smoothing)}
                     rows.append(row)
-                    logger.warning("%s", json.dumps(row))
+                    logger.info("%s", json.dumps(row))
     browser_rows = []
     if args.browser > 0:
         with tempfile.TemporaryDirectory(prefix="webcam_fps_") as tmp:
             for n in faces:
                 browser_rows.append(measure_browser(args.browser, n, args.chromium, Path(tmp)))
-                logger.warning("%s", json.dumps(browser_rows[-1]))
+                logger.info("%s", json.dumps(browser_rows[-1]))
     doc = {
         "command": " ".join(["python", *sys.argv]),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

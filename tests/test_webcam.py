@@ -46,9 +46,10 @@ def test_other_servers_let_streamlit_webrtc_choose(address: str | None) -> None:
 def test_configured_servers_win_over_the_loopback_default() -> None:
     from ui.webcam import rtc_configuration
 
-    turn = {"EMOTION_TURN_URL": "turn:t.example:3478", "EMOTION_TURN_USERNAME": "u", "EMOTION_TURN_CREDENTIAL": "p"}
+    turn = {"EMOTION_TURN_URL": "turn:t.example:3478", "EMOTION_TURN_USERNAME": "u",
+            "EMOTION_TURN_CREDENTIAL": "p"}
     assert rtc_configuration(turn, "127.0.0.1")["iceServers"][1]["urls"] == ["turn:t.example:3478"]
-    assert rtc_configuration({"EMOTION_ICE_SERVERS": "[]"}, "0.0.0.0") == {"iceServers": []}  # offline on a LAN
+    assert rtc_configuration({"EMOTION_ICE_SERVERS": "[]"}, "0.0.0.0") == {"iceServers": []}  # offline, a LAN
 
 
 def test_the_clip_files_chromium_plays(tmp_path: Path) -> None:
