@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emotion.faces import DetectorConfig, Face, FaceDetector  # noqa: E402
 from emotion.fileio import utc_now  # noqa: E402
-from emotion.profiling import cpu_name  # noqa: E402
+from emotion.profiling import machine_record  # noqa: E402
 
 logger = logging.getLogger("face_detection")
 
@@ -544,9 +544,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "context_frames_per_photo_and_size": args.context,
             "context_photos": [name for name, _, _ in maker.context],
             "seed": args.seed, "threads": args.threads,
-            "cpu": cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "load_average_before": [round(v, 2) for v in load_before],
-            "load_average_after": [round(v, 2) for v in os.getloadavg()],
+            **machine_record(load_before),
             "results": results, "table": table,
         }
         args.json.write_text(json.dumps(doc, indent=2) + "\n")

@@ -43,7 +43,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotion.profiling import cpu_name  # noqa: E402
+from emotion.profiling import machine_record, speed_settings  # noqa: E402
 from emotion.faces import DetectorConfig  # noqa: E402
 from emotion.fileio import utc_now  # noqa: E402
 from emotion.inference import Predictor, PredictorConfig  # noqa: E402
@@ -156,20 +156,15 @@ def main() -> None:
     frame = Image.fromarray(data.astronaut()).resize((640, 480), Image.Resampling.BILINEAR)
     load_before = os.getloadavg()
     rows = []
-    for detector in args.detectors.split(","):
-        for backend in args.backends.split(","):
-            for threads in [int(t) for t in args.threads.split(",")]:
-                torch.set_num_threads(threads)
-                predictor, model = build_predictor(args, backend.strip(), detector)
-                rows.append(measure(predictor, frame, args))
-                print(json.dumps(rows[-1]), flush=True)
+    for detector, backend, _ in speed_settings(args.detectors, args.backends, args.threads):
+        predictor, model = build_predictor(args, backend, detector)
+        rows.append(measure(predictor, frame, args))
+        print(json.dumps(rows[-1]), flush=True)
     doc = {
         "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
         "created": utc_now(),
         "model": model, "input_size": predictor.input_size, "frame": "skimage astronaut resized to 640x480",
-        "cpu": cpu_name(), "cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
-        "torch": torch.__version__, "load_average_before": [round(v, 2) for v in load_before],
-        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        **machine_record(load_before),
         "results": rows,
     }
     if args.json:

@@ -25,8 +25,9 @@ and server milliseconds the page's live status reports, sampled for
 Timings mean something only on a quiet machine.  ``--threads`` sets torch's
 threads and the detector's (BlazeFace's LiteRT; MTCNN runs on torch's).
 
-    OMP_NUM_THREADS=2 python benchmarks/webcam_fps.py --run checkpoints/default --threads 2 \\
-        --frames 300 --faces 1,2 --browser 30 --json benchmarks/webcam_fps_cpu.json
+    OMP_NUM_THREADS=2 python benchmarks/webcam_fps.py --run checkpoints/default \\
+        --detectors mtcnn,blazeface_short --backends torch,onnx --threads 2 --frames 300 --faces 1,2 \\
+        --browser 30 --json benchmarks/webcam_fps_cpu.json
 
 ``--frames 6 --warmup 1`` is a smoke run (seconds; add ``--browser 5`` for the page).
 """
@@ -61,7 +62,7 @@ logger = logging.getLogger("webcam_fps")
 WIDTH, HEIGHT = 640, 480
 GREY = (96, 96, 96)
 PAN_X, PAN_Y = 24, 8  # pixels the face drifts left/right and up/down over one loop of the clip
-CLIP_FPS = 10  # frames per second of the fake camera's file
+CLIP_FPS = 30  # frames per second of the fake camera's file (a webcam's usual rate; --camera-fps)
 
 
 def _offsets(i: int, n: int) -> tuple[int, int]:
@@ -197,11 +198,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure_browser(seconds: float, faces: int, chromium: str, workdir: Path) -> dict[str, Any]:
+def measure_browser(seconds: float, faces: int, chromium: str, workdir: Path,
+                    camera_fps: int = CLIP_FPS) -> dict[str, Any]:
     """Frames per second and server ms the live status reports, with Chromium's fake camera on the clip."""
     from playwright.sync_api import sync_playwright
 
-    clip = write_y4m(workdir / f"faces{faces}.y4m", moving_frames(40, faces), fps=CLIP_FPS)
+    clip = write_y4m(workdir / f"faces{faces}.y4m", moving_frames(40, faces), fps=camera_fps)
     port, log = _free_port(), workdir / "streamlit.log"
     env = {**os.environ, "EMOTION_RUNS_DIR": str(workdir / "runs"), "HF_HUB_OFFLINE": "1",
            "EMOTION_CACHE_DIR": str(workdir / "cache")}
@@ -261,7 +263,7 @@ def measure_browser(seconds: float, faces: int, chromium: str, workdir: Path) ->
             server.kill()
     if not samples:
         raise SystemExit("the page never reported a frame rate")
-    return {"faces_in_clip": faces, "seconds": seconds, "camera_fps": CLIP_FPS, "samples": len(samples),
+    return {"faces_in_clip": faces, "seconds": seconds, "camera_fps": camera_fps, "samples": len(samples),
             "status_fps_median": round(statistics.median(s[0] for s in samples), 1),
             "status_server_ms_median": round(statistics.median(s[1] for s in samples), 1),
             "frame_sizes_seen": sorted({s[2] for s in samples})}
@@ -283,6 +285,8 @@ def main() -> None:
     p.add_argument("--smoothing", type=float, default=0.4, help="the page's default: %(default)s")
     p.add_argument("--browser", type=float, default=0.0, metavar="SECONDS",
                    help="also sample the page's live status for this long, end to end (0: skip)")
+    p.add_argument("--camera-fps", type=int, default=CLIP_FPS,
+                   help="frame rate of the fake camera for --browser (default: %(default)s)")
     p.add_argument("--chromium", default=os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
                    or "/usr/bin/chromium", help="Chromium for --browser (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -292,39 +296,32 @@ def main() -> None:
     if args.frames < 1 or args.warmup < 0:
         raise SystemExit(f"--frames {args.frames} must be >= 1 and --warmup {args.warmup} >= 0")
     faces = [int(f) for f in args.faces.split(",")]
-    import torch
-
     from emotion.fileio import utc_now
-    from emotion.profiling import cpu_name
+    from emotion.profiling import machine_record, speed_settings
 
     load_before = os.getloadavg()
     rows = []
-    for detector in args.detectors.split(","):
-        for backend in args.backends.split(","):
-            for threads in [int(t) for t in args.threads.split(",")]:
-                torch.set_num_threads(threads)
-                predictor = build_predictor(args.run, detector.strip(), backend.strip(), threads)
-                for n in faces:
-                    row = {"detector": detector.strip(), "backend": backend.strip(), "threads": threads,
-                           **measure_callback(predictor, n, args.frames, args.warmup, args.redetect_every,
-                                              args.smoothing)}
-                    rows.append(row)
-                    logger.info("%s", json.dumps(row))
+    for detector, backend, threads in speed_settings(args.detectors, args.backends, args.threads):
+        predictor = build_predictor(args.run, detector, backend, threads)
+        for n in faces:
+            row = {"detector": detector, "backend": backend, "threads": threads,
+                   **measure_callback(predictor, n, args.frames, args.warmup, args.redetect_every,
+                                      args.smoothing)}
+            rows.append(row)
+            logger.info("%s", json.dumps(row))
     browser_rows = []
     if args.browser > 0:
         with tempfile.TemporaryDirectory(prefix="webcam_fps_") as tmp:
             for n in faces:
-                browser_rows.append(measure_browser(args.browser, n, args.chromium, Path(tmp)))
+                browser_rows.append(measure_browser(args.browser, n, args.chromium, Path(tmp),
+                                                    args.camera_fps))
                 logger.info("%s", json.dumps(browser_rows[-1]))
     doc = {
         "command": " ".join(["python", *sys.argv]),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "created": utc_now(), "model": args.run, "frame": "640x480 skimage astronaut, moving (yuv420p in)",
         "redetect_every": args.redetect_every, "smoothing": args.smoothing,
-        "cpu": cpu_name(), "cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
-        "torch": torch.__version__, "load_average_before": [round(v, 2) for v in load_before],
-        "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "server_callback": rows, "browser": browser_rows,
+        **machine_record(load_before), "server_callback": rows, "browser": browser_rows,
     }
     text = json.dumps(doc, indent=2) + "\n"
     if args.json:

@@ -70,6 +70,9 @@ class BenchmarkConfig:
     image_sizes: dict[str, int] = field(default_factory=dict)  # per-model overrides
     from_scratch: Union[bool, list[str]] = False  # True: every model; a list: those models
     reuse: bool = False
+    # model -> a finished run folder to score as that model's row (a shipped checkpoint, say);
+    # the benchmark never trains it and never writes into it
+    pinned_runs: dict[str, Path] = field(default_factory=dict)
     ensemble_members: Optional[list[str]] = None
     fit_ensemble_weights: bool = False
     split: str = "test"
@@ -113,6 +116,18 @@ class BenchmarkConfig:
             if bad or len(self.ensemble_members) < 2:
                 raise BenchmarkError(f"--ensemble-members must name at least 2 models from --models, got "
                                      f"{self.ensemble_members}")
+        self.pinned_runs = {name: Path(folder) for name, folder in self.pinned_runs.items()}
+        for name, folder in self.pinned_runs.items():
+            if name not in self.models or name == ENSEMBLE:
+                raise BenchmarkError(f"--run gives a run for {name!r}, which is not a trained model in "
+                                     f"--models {','.join(self.models)}")
+            if not runs.is_complete(folder):
+                raise BenchmarkError(f"--run {name}={folder}: not a finished run folder (it needs "
+                                     "config.json, labels.json and model.safetensors)")
+            architecture = runs.read_json(folder / runs.CONFIG_FILE).get("model")
+            if architecture != name:
+                raise BenchmarkError(f"--run {name}={folder}: that run is a {architecture!r} model, "
+                                     f"not {name!r}")
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         owned = {"model", "data", "classes", "image_size", "epochs", "max_steps", "batch_size",
                  "from_scratch", "output_dir", "run_name", "seed"}
@@ -219,6 +234,9 @@ def _read_metrics(run_dir: Path) -> dict:
 
 def _train_one(config: BenchmarkConfig, model: str) -> tuple[Path, bool]:
     """Train ``model`` (or reuse a completed run); returns (run folder, reused)."""
+    if model in config.pinned_runs:
+        logger.info("%s: scoring the given run %s", model, config.pinned_runs[model])
+        return config.pinned_runs[model], True
     if config.reuse:
         found = find_completed_run(config, model)
         if found is not None:
@@ -245,13 +263,18 @@ def _row(model: str, status: str, **values: Any) -> dict[str, Any]:
 def _measure(config: BenchmarkConfig, run_dir: Path, splits: DatasetSplits, cache: DecodedImageCache) -> dict:
     """Temperature on validation images, then test metrics and speed."""
     run = runs.load_run(run_dir)
-    if config.calibrate:
+    pinned = run_dir in config.pinned_runs.values()
+    if pinned and config.calibrate and runs.load_temperature(run_dir) is None:
+        logger.warning("%s has no fitted temperature and is not written to: its T-scaled ECE stays empty "
+                       "(fit one with `python -m emotion evaluate --run %s --split val --fit-temperature`)",
+                       run_dir, run_dir)
+    if config.calibrate and not pinned:
         fit_run_temperature(run, splits, seed=config.seed, batch_size=config.eval_batch_size, tta=config.tta,
                             device=config.device, cache=cache)
     return evaluate_run(run, splits, split=config.split, seed=config.seed, tta=config.tta,
                         batch_size=config.eval_batch_size, device=config.device, speed=True,
                         latency_repeats=config.latency_repeats, throughput_batch=config.throughput_batch,
-                        cache=cache)
+                        cache=cache, save=not pinned)
 
 
 def _result_row(model: str, run_dir: Path, result: dict, reused: bool, val_f1: Optional[float],
@@ -309,7 +332,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
         trained[model] = (run_dir, metrics)
         details[model] = result
         rows.append(_result_row(model, run_dir, result, reused, (metrics.get("val") or {}).get("macro_f1"),
-                                metrics.get("train_time_s")))
+                                runs.running_time_s(metrics)))
     if ENSEMBLE in config.models:
         rows.append(_ensemble_row(config, trained, splits, cache, details))
     doc = {
@@ -360,7 +383,7 @@ def _ensemble_row(config: BenchmarkConfig, trained: dict[str, tuple[Path, dict]]
         return _row(ENSEMBLE, reason)
     details[ENSEMBLE] = {**result, "members": members, "chosen_as": how, "weights": made["weights"],
                          "weights_fit": made["weights_fit"]}
-    times = [trained[m][1].get("train_time_s") for m in members]
+    times = [runs.running_time_s(trained[m][1]) for m in members]
     weights = made["weights"] or [1 / len(members)] * len(members)
     source = "members: " + ", ".join(f"{m} ({w:.2f})" for m, w in zip(members, weights))
     return _result_row(ENSEMBLE, out_dir, result, False, None,
@@ -428,7 +451,8 @@ def to_markdown(doc: dict) -> str:
         (f"Scored on the **{data['split']}** split ({counts}); temperatures fitted on each run's "
          f"validation images; latency is the median batch-1 time, throughput at batch "
          f"{doc['config']['throughput_batch']} ({env['cuda'] or 'CPU'}, {env['threads']} threads, "
-         f"torch {env['torch']}); an ensemble's training time is its members' sum. "
+         f"torch {env['torch']}); training time leaves out time the process spent suspended, and "
+         f"an ensemble's is its members' sum. "
          f"Created {doc['created']}."),
         "",
         "| " + " | ".join(headers) + " |",
@@ -474,7 +498,7 @@ def run_row(run: dict, split: str = "test") -> dict[str, Any]:
     row: dict[str, Any] = {
         "run": run["name"], "model": run.get("model"), "status": run.get("state"),
         "weights_source": run.get("weights_source"), "input_size": run.get("input_size"),
-        "parameters": metrics.get("parameters"), "train_time_s": metrics.get("train_time_s"),
+        "parameters": metrics.get("parameters"), "train_time_s": runs.running_time_s(metrics),
         "val_macro_f1": (metrics.get("val") or {}).get("macro_f1"), "run_dir": str(run["path"]),
         "scored_on": None, "created": run.get("created"), **_convergence(run["path"]),
     }

@@ -262,6 +262,9 @@ def _setup_benchmark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse", action="store_true",
                    help="use a completed run of the same model, data and classes from --runs-dir "
                         "when there is one")
+    p.add_argument("--run", action="append", default=[], metavar="MODEL=FOLDER", dest="pinned_runs",
+                   help="score this finished run as MODEL's row instead of training or searching for one, "
+                        "e.g. efficientnet_lite0=checkpoints/default; it is never written to (repeatable)")
     p.add_argument("--epochs", type=float, default=10, help="maximum training epochs per model")
     p.add_argument("--max-steps", type=int, default=-1, help="stop each training after this many steps")
     p.add_argument("--batch-size", type=int, default=64, help="training images per step")
@@ -309,11 +312,18 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         raise ConfigError("--latency-repeats, --throughput-batch and --eval-batch-size must be at least 1")
     size, sizes = parse_image_sizes(args.image_size)
     members = _comma_list(args.ensemble_members) if args.ensemble_members else None
+    pinned = {}
+    for item in args.pinned_runs:
+        name, sep, folder = item.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise ConfigError(f"--run {item!r} is not MODEL=FOLDER "
+                              "(e.g. efficientnet_lite0=checkpoints/default)")
+        pinned[name.strip()] = Path(folder.strip())
     config = BenchmarkConfig(
         data=args.data, out=Path(args.out), models=_comma_list(args.models), classes=args.classes,
         runs_dir=Path(args.runs_dir), epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size,
-        image_size=size, image_sizes=sizes, reuse=args.reuse,
+        image_size=size, image_sizes=sizes, reuse=args.reuse, pinned_runs=pinned,
         from_scratch=True if args.from_scratch == "all" else _comma_list(args.from_scratch),
         ensemble_members=members, fit_ensemble_weights=args.fit_ensemble_weights, split=args.split,
         tta=args.tta, calibrate=not args.no_calibrate, seed=args.seed, eval_batch_size=args.eval_batch_size,

@@ -416,8 +416,7 @@ class FaceDetector:
         self.config = config if config is not None else DetectorConfig()
         if not isinstance(self.config, DetectorConfig):
             raise ValueError(f"FaceDetector needs a DetectorConfig, got {type(self.config).__name__}")
-        self._mtcnn: Any = None
-        self._blazeface: Any = None
+        self._model: Any = None
         self._lock = threading.Lock()
 
     def _build_blazeface(self) -> Any:
@@ -428,16 +427,7 @@ class FaceDetector:
             raise FaceDetectionError(f"detector {self.config.model!r} cannot load: {exc}; or choose "
                                      "detector 'mtcnn'") from None
 
-    @property
-    def blazeface(self) -> Any:
-        """The underlying :class:`emotion.blazeface.BlazeFace`, built on first use."""
-        if self._blazeface is None:
-            with self._lock:
-                if self._blazeface is None:
-                    self._blazeface = self._build_blazeface()
-        return self._blazeface
-
-    def _build(self) -> Any:
+    def _build_mtcnn(self) -> Any:
         try:
             import torch
             from facenet_pytorch import MTCNN
@@ -467,13 +457,15 @@ class FaceDetector:
         return mtcnn
 
     @property
-    def mtcnn(self) -> Any:
-        """The underlying ``facenet_pytorch.MTCNN``, built on first use."""
-        if self._mtcnn is None:
+    def model(self) -> Any:
+        """The underlying detector, built on first use: ``facenet_pytorch.MTCNN`` or
+        :class:`emotion.blazeface.BlazeFace`, as ``config.model`` names."""
+        if self._model is None:
             with self._lock:
-                if self._mtcnn is None:
-                    self._mtcnn = self._build()
-        return self._mtcnn
+                if self._model is None:
+                    self._model = (self._build_blazeface() if self.config.is_blazeface
+                                   else self._build_mtcnn())
+        return self._model
 
     def warmup(self) -> "FaceDetector":
         """Load weights and run once so the first real frame is not slow."""
@@ -504,7 +496,7 @@ class FaceDetector:
             # MTCNN's image pyramid is empty here (and facenet-pytorch would crash).
             logger.debug("image %dx%d smaller than min_face_size=%d: no faces", sw, sh, cfg.min_face_size)
             return []
-        mtcnn = self.mtcnn
+        mtcnn = self.model
         import torch
 
         try:
@@ -533,7 +525,7 @@ class FaceDetector:
         mouth corners (it has no corners); the ear points are dropped.
         """
         cfg = self.config
-        model = self.blazeface
+        model = self.model
         tile = None
         if cfg.model == "blazeface_tiled" and max(small.size) > model.spec.input_size:
             tile = round(BLAZEFACE_TILE_FRACTION * max(small.size))  # below input size tiles add no detail

@@ -7,7 +7,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -119,3 +119,28 @@ def machine_description() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA)"
     return f"{cpu_name()}, {os.cpu_count()} CPUs"
+
+
+def speed_settings(detectors: str, backends: str, threads: str) -> Iterator[tuple[str, str, int]]:
+    """Every ``(detector, backend, threads)`` of a speed sweep given as comma-separated lists.
+
+    Torch is set to each thread count before its setting is yielded, so a benchmark times
+    exactly the combination it reports.
+    """
+    thread_counts = [int(t) for t in threads.split(",") if t.strip()]
+    for detector in (d.strip() for d in detectors.split(",") if d.strip()):
+        for backend in (b.strip() for b in backends.split(",") if b.strip()):
+            for count in thread_counts:
+                torch.set_num_threads(count)
+                yield detector, backend, count
+
+
+def machine_record(load_before: Sequence[float]) -> dict[str, Any]:
+    """Where a speed number was measured: CPU, CPUs usable, torch and the load average around it.
+
+    ``load_before`` is :func:`os.getloadavg` taken before the timing; the load after is read
+    here, so a number measured beside other work shows it.
+    """
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+            "torch": torch.__version__, "load_average_before": [round(v, 2) for v in load_before],
+            "load_average_after": [round(v, 2) for v in os.getloadavg()]}

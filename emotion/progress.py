@@ -89,3 +89,41 @@ def progress_summary(records: Sequence[dict], now: Optional[float] = None) -> di
     fraction = min(1.0, step / total) if total else 0.0
     return {"step": step, "max_steps": total, "fraction": fraction, "epoch": last.get("epoch"),
             "elapsed_s": last.get("elapsed_s"), "eta_s": eta, "updated": updated}
+
+
+class SuspensionClock:
+    """Counts the seconds this process spent suspended (SIGSTOP, a paused VM, a laptop asleep).
+
+    A daemon thread wakes every ``tick_s``; a wake-up that comes more than ``gap_s`` late
+    means the whole process was stopped, and the lateness is added to :attr:`suspended_s`.
+    Training reports its wall time with this beside it, so a run that was paused while
+    other work used the CPU says so itself instead of in a hand-written note.
+    Use as a context manager; the thread stops on exit.
+    """
+
+    def __init__(self, tick_s: float = 0.5, gap_s: float = 3.0) -> None:
+        import threading
+
+        self.tick_s, self.gap_s = tick_s, gap_s
+        self.suspended_s = 0.0
+        self.pauses = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="suspension-clock", daemon=True)
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.tick_s):
+            now = time.monotonic()
+            late = now - last - self.tick_s
+            if late > self.gap_s:
+                self.suspended_s += late
+                self.pauses += 1
+            last = now
+
+    def __enter__(self) -> "SuspensionClock":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * self.tick_s + 1)

@@ -98,9 +98,13 @@ def shipped_row(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def training_columns(training: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """Epochs run, best epoch, training minutes and convergence (all None for a result without them)."""
+    """Epochs run, best epoch, training minutes and convergence (all None for a result without them).
+
+    The minutes are the time the training process ran: time it spent suspended (recorded by
+    training as ``suspended_s``; ``paused_s`` in results written before that) is left out.
+    """
     training = training or {}
-    minutes = training.get("train_time_s")
+    seconds = runs.running_time_s(training)
     return {"epochs": training.get("epochs_run"), "best_epoch": training.get("best_epoch"),
-            "train_min": round(minutes / 60, 1) if minutes is not None else None,
+            "train_min": round(seconds / 60, 1) if seconds is not None else None,
             "converged": ("yes" if training["converged"] else "no") if "converged" in training else None}

@@ -275,6 +275,20 @@ def describe_run(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
     }
 
 
+def running_time_s(record: Optional[dict[str, Any]]) -> Optional[float]:
+    """Seconds a training actually ran: ``train_time_s`` less the time it spent suspended.
+
+    ``record`` is a run's ``metrics.json`` or a :func:`training_summary`; the suspension is
+    ``suspended_s`` as training measures it (``paused_s`` in results written before it did).
+    None when the record has no training time.
+    """
+    seconds = (record or {}).get("train_time_s")
+    if seconds is None:
+        return None
+    suspended = record.get("suspended_s", record.get("paused_s")) or 0.0
+    return round(float(seconds) - float(suspended), 1)
+
+
 def training_summary(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
     """How a finished run's training ended, from ``history.json`` and ``metrics.json``; None if it has none.
 
@@ -314,6 +328,7 @@ def training_summary(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
         "metric": key.removeprefix("eval_"),
         "patience": patience,
         "train_time_s": metrics.get("train_time_s"),
+        "suspended_s": metrics.get("suspended_s"),
         "stopped_early": stopped_early,
         "converged": bool(stopped_early or since_best >= patience),
         "curve": [[round(e, 2), round(v, 4)] for e, v in evals],

@@ -44,6 +44,7 @@ from emotion.fileio import read_json_or_none, utc_now
 from emotion.models import create_model
 from emotion.models.registry import count_parameters, logits_of
 from emotion.models.weights import SCRATCH
+from emotion.progress import SuspensionClock
 
 logger = logging.getLogger(__name__)
 
@@ -494,7 +495,8 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
     if trainer.is_world_process_zero():
         runs.write_json(run_dir / TRAIN_CONFIG_FILE, config.to_dict())
     start = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=last)
+    with SuspensionClock() as suspension:
+        result = trainer.train(resume_from_checkpoint=last)
     train_time = time.monotonic() - start
     if trainer.is_world_process_zero():
         # the weights first: nothing that runs after training (evaluation, reports) can lose them
@@ -511,6 +513,8 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
         "val_source": data.val_source,
         "test": {k.removeprefix("test_"): v for k, v in test_metrics.items()} if test_metrics else None,
         "train_time_s": round(train_time, 1),
+        # wall time the process spent stopped (SIGSTOP, a paused VM) inside train_time_s
+        "suspended_s": round(suspension.suspended_s, 1),
         "train_images_per_second": round(train_rate, 1),
         "steps": steps,
         "epochs_completed": round(trainer.state.epoch or 0, 3),

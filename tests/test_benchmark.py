@@ -94,6 +94,26 @@ def test_benchmark_trains_ensembles_and_tabulates(tmp_path: Path, capsys: pytest
     assert vit["temperature"] == pytest.approx(float(rows["vit_custom"]["temperature"]))
     assert ens["status"].startswith("skipped: needs at least 2")
 
+    # --run scores a given finished run (a shipped checkpoint, say) without training it or writing into it
+    import shutil
+
+    pinned = tmp_path / "shipped-lite0"
+    shutil.copytree(rows["efficientnet_lite0"]["run_dir"], pinned)
+    before = {p.relative_to(pinned): p.read_bytes() for p in pinned.rglob("*") if p.is_file()}
+    assert cli_main(["benchmark", "--data", DATA, "--models", "efficientnet_lite0", "--run",
+                     f"efficientnet_lite0={pinned}", "--runs-dir", str(tmp_path / "empty-runs"),
+                     "--out", str(tmp_path / "bench3"), "--json", *FAST]) == 0
+    (lite,) = json.loads(capsys.readouterr().out)["rows"]
+    assert lite["status"] == "ok" and lite["run_dir"] == str(pinned)
+    assert lite["temperature"] == pytest.approx(float(rows["efficientnet_lite0"]["temperature"]))
+    assert {p.relative_to(pinned): p.read_bytes() for p in pinned.rglob("*") if p.is_file()} == before
+    with pytest.raises(B.BenchmarkError, match="is a 'efficientnet_lite0' model, not 'vit_custom'"):
+        B.BenchmarkConfig(data=DATA, out=tmp_path / "o", models=["vit_custom"],
+                          pinned_runs={"vit_custom": pinned})
+    with pytest.raises(B.BenchmarkError, match="not a finished run folder"):
+        B.BenchmarkConfig(data=DATA, out=tmp_path / "o", models=["vit_custom"],
+                          pinned_runs={"vit_custom": tmp_path / "nothing"})
+
 
 def test_benchmark_option_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     def error_of(extra: list[str]) -> str:
@@ -110,6 +130,9 @@ def test_benchmark_option_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     assert "warmup" in error_of(["--models", "vit_custom", "--train-option", "nonsense=1"])
     assert "--ensemble-members" in error_of(["--models", "vit_custom", "--ensemble-members", "a,b"])
     assert "no 'val' split" in error_of(["--models", "vit_custom", "--split", "val"])
+    assert "MODEL=FOLDER" in error_of(["--models", "vit_custom", "--run", "checkpoints/default"])
+    assert "not a trained model in --models" in error_of(["--models", "vit_custom", "--run",
+                                                          "resnet34=checkpoints/default"])
     assert not (tmp_path / "r").exists()  # nothing trained before the options were checked
 
 

@@ -148,7 +148,7 @@ def test_bad_input_is_named(bad, message: str) -> None:
 
 @needs_blazeface
 def test_the_model_wrapper_refuses_a_non_rgb_image() -> None:
-    model = get_detector(DetectorConfig(model="blazeface")).blazeface
+    model = get_detector(DetectorConfig(model="blazeface")).model
     with pytest.raises(ValueError, match="mode 'L'.*load_image"):
         model.detect(Image.new("L", (64, 64)))
 
@@ -193,14 +193,15 @@ def test_one_shared_detector_per_config() -> None:
     a = get_detector(DetectorConfig(model="blazeface"))
     assert get_detector(DetectorConfig(model="blazeface")) is a
     assert get_detector(DetectorConfig(model="blazeface_short")) is not a
-    assert a.blazeface is a.blazeface  # the interpreter is loaded once
+    assert a.model is a.model  # the interpreter is loaded once
+    assert type(a.model).__name__ == "BlazeFace"
 
 
 def test_mtcnn_is_still_selectable(astronaut: Image.Image) -> None:
     det = FaceDetector(DetectorConfig(model="mtcnn"))
     faces = det.detect(astronaut)
     assert len(faces) == 1 and iou(faces[0].box, FACE_REGION) > 0.7
-    assert det._blazeface is None and det._mtcnn is not None
+    assert type(det.model).__name__ == "MTCNN"
     mouth_left, mouth_right = faces[0].landmarks[3:]
     assert mouth_left[0] < mouth_right[0] - 20  # MTCNN's real mouth corners, not BlazeFace's one point
 
