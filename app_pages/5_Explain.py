@@ -143,7 +143,8 @@ left.image(view_image(result), caption=f"{name}: what the model sees ({CFG.input
 middle.image(result.overlay(224), caption=f"{METHOD_HELP[method][0]} overlay (red = most relevant)",
              width="stretch")
 with right:
-    st.metric("Predicted", f"{labels[result.predicted]} · {result.probabilities[result.predicted]:.0%}")
+    # the predictor's probabilities (temperature applied), as the class box above and the Predict page show
+    st.metric("Predicted", f"{labels[predicted]} · {probs[predicted]:.0%}")
     if result.road is not None:
         st.metric("ROAD score", f"{result.road.combined:+.3f}",
                   help="(LeRF − MoRF) / 2 over 10–90 % of pixels removed: confidence lost removing the most "
@@ -153,7 +154,7 @@ with right:
                    f"{result.seconds:.1f} s")
     if not result.class_specific:
         st.caption("This method's map is the same whatever the class asked for.")
-    st.caption(" · ".join(f"{lab} {p:.0%}" for lab, p in zip(labels, result.probabilities)))
+    st.caption(" · ".join(f"{lab} {p:.0%}" for lab, p in zip(labels, probs)))
 
 # ----------------------------------------------------------------------------- model-specific views
 if CFG.family == "vit":

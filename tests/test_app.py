@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -502,12 +503,18 @@ def test_live_annotator_tracks_and_draws_smoothed_labels(tiny_model: Path) -> No
 # ----------------------------------------------------------------------------- Explain
 
 def test_explain_page_on_a_dataset_sample_of_a_vit(tiny_model: Path) -> None:
+    from emotion import runs
     from emotion.explain import METHODS
     from ui.explain import METHOD_HELP
 
     assert set(METHOD_HELP) == set(METHODS)
+    # a fitted temperature: the page must show the calibrated probabilities everywhere, as Predict does
+    runs.write_json(tiny_model / runs.TEMPERATURE_FILE, {"temperature": 0.2})
     at = _page("5_Explain", dataset_spec=TINY)
     assert not at.exception, at.exception
+    shown = at.selectbox(key="explain_target").options[0]  # "predicted: LABEL (NN%)"
+    label, percent = re.fullmatch(r"predicted: (\S+) \((\d+%)\)", shown).groups()
+    assert next(m.value for m in at.metric if m.label == "Predicted") == f"{label} · {percent}"
     assert at.radio(key="explain_source").value == "Sample photo"  # a real face first, whatever the data
     assert at.toggle(key="explain_detect_Sample photo").value is True
     assert any("astronaut" in c.value and "public domain" in c.value for c in at.caption)
