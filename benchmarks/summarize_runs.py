@@ -9,6 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from emotion.runs import running_time_s  # noqa: E402
+
 
 def row(run: Path) -> str:
     spec = json.loads((run / "config.json").read_text())
@@ -21,7 +25,7 @@ def row(run: Path) -> str:
     return (f"| `{spec['model']}` | {spec['weights_source']} | {spec['input_size']} | "
             f"{m['epochs_completed']:g} (best {best.get('epoch', float('nan')):g}) | "
             f"{val['accuracy']:.1%} | {val['macro_f1']:.3f} | {test.get('accuracy', float('nan')):.1%} | "
-            f"{test.get('macro_f1', float('nan')):.3f} | {m['train_time_s'] / 60:.0f} min | "
+            f"{test.get('macro_f1', float('nan')):.3f} | {running_time_s(m) / 60:.0f} min | "
             f"{m['train_images_per_second']:.0f} | {m.get('learning_rate', tc.get('learning_rate'))} |")
 
 
