@@ -46,6 +46,10 @@ class VideoConfig:
                 "difference of 16x16 grey thumbnails, 0..1); None: only every k frames"})
     match_iou: float = field(default=0.3, metadata={
         "help": "a detection continues a track when their boxes overlap at least this much (IoU)"})
+    match_distance: float = field(default=0.75, metadata={
+        "help": "a detection that overlaps no track continues the nearest one left whose centre lies "
+                "within this many face sizes of it (a fast move, or frames dropped by a stalled stream); "
+                "0: IoU only"})
     max_side: Optional[int] = field(default=VIDEO_MAX_SIDE, metadata={
         "help": "downscale frames to this longer side for detection (speed); None: the predictor's"})
 
@@ -59,6 +63,9 @@ class VideoConfig:
             raise ValueError(f"change_threshold={self.change_threshold!r} must be None or in (0, 1]")
         if not 0.0 < float(self.match_iou) <= 1.0:
             raise ValueError(f"match_iou={self.match_iou!r} must be in (0, 1]")
+        if not 0.0 <= float(self.match_distance) < float("inf"):
+            raise ValueError(f"match_distance={self.match_distance!r} must be a finite number >= 0 "
+                             "(0: IoU only)")
 
 
 def ema(previous: Optional[np.ndarray], current: np.ndarray, alpha: float) -> np.ndarray:
@@ -86,6 +93,17 @@ def scale_face(face: Face, sx: float, sy: float) -> Face:
     x1, y1, x2, y2 = face.box
     return Face((x1 * sx, y1 * sy, x2 * sx, y2 * sy), tuple((x * sx, y * sy) for x, y in face.landmarks),
                 face.score)
+
+
+def _centre_distance(track_face: Face, face: Face) -> float:
+    """How far apart two boxes' centres are, in sizes of the tracked face (its longer side); infinite when
+    the sizes differ by more than a factor of 2 (then it is not the same face seen again)."""
+    side = max(track_face.box[2] - track_face.box[0], track_face.box[3] - track_face.box[1])
+    other = max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+    if side <= 0 or other <= 0 or not 0.5 <= other / side <= 2.0:
+        return float("inf")
+    (ax, ay), (bx, by) = track_face.center, face.center
+    return float(np.hypot(ax - bx, ay - by)) / side
 
 
 def _thumbnail(img: Image.Image, face: Face) -> np.ndarray:
@@ -163,19 +181,32 @@ class VideoPredictor:
         return False, thumbs
 
     def _match(self, img: Image.Image, faces: list[Face], source: str) -> None:
-        """Continue tracks with the detections that overlap them; start new ones; drop lost ones."""
+        """Continue tracks with the detections that overlap them, then with near ones; start new ones; drop
+        lost ones."""
         ious = iou_matrix([t.face.box for t in self.tracks], [f.box for f in faces])
         pairs = sorted(((float(ious[ti, fi]), ti, fi) for ti in range(len(self.tracks))
                         for fi in range(len(faces))), reverse=True)
+        # Then, among what is left, the nearest centres within match_distance face sizes: a face that moved
+        # farther than its box between two detections (fast, or the stream dropped frames) keeps its track.
+        near = sorted(((_centre_distance(t.face, f), ti, fi) for ti, t in enumerate(self.tracks)
+                       for fi, f in enumerate(faces)))
         used_t, used_f, new_tracks = set(), set(), []
-        for iou, ti, fi in pairs:
-            if iou < self.config.match_iou or ti in used_t or fi in used_f:
-                continue
+
+        def take(ti: int, fi: int) -> None:
             used_t.add(ti)
             used_f.add(fi)
             track = self.tracks[ti]
             track.face, track.source, track.reference = faces[fi], source, _thumbnail(img, faces[fi])
             new_tracks.append(track)
+
+        for iou, ti, fi in pairs:
+            if iou >= self.config.match_iou and ti not in used_t and fi not in used_f:
+                take(ti, fi)
+        for distance, ti, fi in near:
+            if distance <= self.config.match_distance and ti not in used_t and fi not in used_f:
+                logger.debug("frame %d: track %d continued by a face %.2f face sizes away", self.frame_index,
+                             self.tracks[ti].id, distance)
+                take(ti, fi)
         for fi, f in enumerate(faces):
             if fi not in used_f:
                 new_tracks.append(Track(self._next_id, f, source, _thumbnail(img, f)))

@@ -23,6 +23,8 @@ actually read (the command line imports this module only for ``predict``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import io
 import json
@@ -411,9 +413,9 @@ def file_video_config(every: int = 1, ema_alpha: Optional[float] = None,
     deadline, so its faces are found at the predictor's ``max_side`` (``--max-side``).
     """
     base = VideoConfig()
-    return VideoConfig(redetect_every=redetect_every if redetect_every is not None else base.redetect_every,
-                       ema_alpha=ema_alpha if ema_alpha is not None else base.ema_alpha,
-                       change_threshold=base.change_threshold, match_iou=base.match_iou, max_side=None)
+    every_k = redetect_every if redetect_every is not None else base.redetect_every
+    return dataclasses.replace(base, max_side=None, redetect_every=every_k,
+                               ema_alpha=ema_alpha if ema_alpha is not None else base.ema_alpha)
 
 
 def predict_video(predictor: Predictor, path: Union[str, Path], every: int = 1,

@@ -85,6 +85,38 @@ def test_tracks_survive_a_change_of_resolution(predictor) -> None:
     assert video.detections >= 4  # each size change detected again at once
 
 
+def _halves_shifted(frame: np.ndarray, shift: int) -> np.ndarray:
+    """The two-face frame with her face moved ``shift`` px right in the left half and its mirror image
+    ``shift`` px left in the right half (grey fills the gap)."""
+    left = np.roll(frame[:, :320], shift, axis=1)
+    left[:, :shift] = frame[0, 0]
+    return np.concatenate([left, left[:, ::-1]], axis=1)
+
+
+def test_tracks_survive_frames_dropped_by_a_stalled_stream(predictor) -> None:
+    """A busy server skips frames, so between two detections a face can move farther than its box
+    overlaps (the CI failure of 2026-12-07: both faces moved 50 px and got new ids). The nearest
+    face within match_distance face sizes continues the track; a face far away starts a new one."""
+    from emotion.video import VideoConfig, VideoPredictor, box_iou
+
+    base = clips.moving_frames(8, faces=2)[0]
+    shifted = [_halves_shifted(base, s) for s in (0, 60, 0, 60)]
+    for match_distance, expected in ((0.75, [[1, 2]] * 4), (0.0, [[1, 2], [3, 4], [5, 6], [7, 8]])):
+        video = VideoPredictor(predictor, VideoConfig(redetect_every=1, match_distance=match_distance))
+        results = [video.update(frame) for frame in shifted]
+        assert [[f.track_id for f in r.faces] for r in results] == expected, match_distance
+        for before, after in zip(results, results[1:]):  # IoU alone would lose each face at every step
+            for a, b in zip(before.faces, after.faces):
+                assert box_iou(a.box, b.box) < VideoConfig().match_iou, (a.box, b.box)
+    video = VideoPredictor(predictor, VideoConfig(redetect_every=1))
+    one = clips.moving_frames(8, faces=1)[0]
+    assert [f.track_id for f in video.update(one).faces] == [1]
+    far = np.roll(one, 250, axis=1)  # the face jumped about three face widths: someone else
+    assert [f.track_id for f in video.update(far).faces] == [2]
+    with pytest.raises(ValueError, match="match_distance"):
+        VideoConfig(match_distance=-1)
+
+
 def test_the_frame_callback_reports_faces_rate_and_a_new_stream(predictor) -> None:
     import av
 
