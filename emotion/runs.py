@@ -289,6 +289,18 @@ def running_time_s(record: Optional[dict[str, Any]]) -> Optional[float]:
     return round(float(seconds) - float(suspended), 1)
 
 
+def running_rate(items_per_second: float, wall_s: Optional[float], suspended_s: float) -> float:
+    """A rate measured over ``wall_s`` of wall time, over the time the process actually ran instead.
+
+    The Trainer divides the images it saw by its wall time, which includes any time the
+    process was suspended; ``suspended_s`` of it (a :class:`~emotion.progress.SuspensionClock`)
+    is taken out. Unchanged when the wall time is unknown or the suspension covers all of it.
+    """
+    if not wall_s or wall_s <= suspended_s or suspended_s <= 0:
+        return float(items_per_second)
+    return float(items_per_second) * float(wall_s) / (float(wall_s) - float(suspended_s))
+
+
 def training_summary(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
     """How a finished run's training ended, from ``history.json`` and ``metrics.json``; None if it has none.
 

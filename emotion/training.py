@@ -507,7 +507,9 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
     if not trainer.is_world_process_zero():
         return {}
     steps = trainer.state.global_step
-    train_rate = result.metrics.get("train_samples_per_second", 0.0)
+    # the Trainer's images/s counts the time the process was suspended as training time: taken out
+    train_rate = runs.running_rate(result.metrics.get("train_samples_per_second", 0.0),
+                                   result.metrics.get("train_runtime"), suspension.suspended_s)
     metrics = {
         "val": {k.removeprefix("val_"): v for k, v in val_metrics.items()},
         "val_source": data.val_source,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from emotion.profiling import machine_record, speed_settings
-from emotion.runs import running_time_s
+from emotion.runs import running_rate, running_time_s
 from emotion.progress import SuspensionClock
 from emotion.results import training_columns
 
@@ -60,6 +60,13 @@ def test_training_minutes_leave_out_suspended_time():
     assert training_columns(None)["train_min"] is None
     assert running_time_s({"train_time_s": 1120.6, "suspended_s": 345.9}) == 774.7
     assert running_time_s({"train_time_s": 60.0}) == 60.0 and running_time_s({}) is None
+
+
+def test_training_images_per_second_leave_out_suspended_time():
+    # 1,000 s of wall time, 250 of them suspended: 60 images/s over the wall is 80 over the running time
+    assert running_rate(60.0, 1000.0, 250.0) == 80.0
+    assert running_rate(60.0, 1000.0, 0.0) == 60.0 and running_rate(60.0, None, 5.0) == 60.0
+    assert running_rate(60.0, 10.0, 10.0) == 60.0  # nothing left to divide by: the wall rate stays
 
 
 def test_speed_settings_set_torch_threads_for_each_setting():
