@@ -75,7 +75,12 @@ LIVE_TIMEOUT_S = 90.0  # START to the first annotated frame on a busy 2-core mac
 THREADS_TIMEOUT_S = 90.0  # a stream's threads end: at once on STOP, on ICE consent expiry (~30 s) on a drop
 NATIVE_TIMEOUT_S = 45.0  # then the codecs' threads: at once, or once Streamlit forgets a vanished session
 SESSION_TTL_S = 5  # server.disconnectedSessionTTL here (default 120 s): a vanished tab's session kept so long
-THREAD_SLACK = 1  # native server threads allowed above the quiet count (one starting or ending meanwhile)
+# Native server threads allowed above the quiet count: one starting or ending meanwhile, and a native pool
+# that grows once under load (on a loaded 2-core box, two threads of one library, parked in
+# pthread_cond_wait, appeared during the two-face stream and stayed; the count did not grow over the
+# later streams; eu-stack and a CI run on 2026-12-07). The quiet count is fixed at the first STOP, so a stream that leaks
+# threads still fails once its leaks add up past this, a few streams later at most.
+THREAD_SLACK = 2
 # The server starts under this boot line: on SIGUSR1 its main thread (a Python-level handler, so
 # safe) collects garbage (a stream's objects are cyclic: what is left after is kept alive by a
 # reference) and writes every thread's name and stack to $EMOTION_TEST_THREAD_DUMP.
