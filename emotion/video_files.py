@@ -23,14 +23,12 @@ actually read (the command line imports this module only for ``predict``).
 
 from __future__ import annotations
 
-import dataclasses
-
 import csv
 import io
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TextIO, Union
@@ -414,8 +412,8 @@ def file_video_config(every: int = 1, ema_alpha: Optional[float] = None,
     """
     base = VideoConfig()
     every_k = redetect_every if redetect_every is not None else base.redetect_every
-    return dataclasses.replace(base, max_side=None, redetect_every=every_k,
-                               ema_alpha=ema_alpha if ema_alpha is not None else base.ema_alpha)
+    return replace(base, max_side=None, redetect_every=every_k,
+                   ema_alpha=ema_alpha if ema_alpha is not None else base.ema_alpha)
 
 
 def predict_video(predictor: Predictor, path: Union[str, Path], every: int = 1,
