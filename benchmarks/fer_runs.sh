@@ -57,7 +57,7 @@ for model in "${models[@]}"; do
     efficientnet_lite0_96_distill)
                            distill "$OUT/ens-default+aug" "$OUT/fer3-efficientnet_lite0-96-aug" \
                                "$OUT/fer3-efficientnet_lite0-96-distill" 5 \
-                               checkpoints/default "$OUT/fer3-efficientnet_lite0-96-aug" ;;
+                               checkpoints/default "$OUT/fer3-efficientnet_lite0-96-aug" ;;  # the default of bbd8983
     # Progressive resizing: the 96 px run above, fine-tuned at 128 px for 6 more epochs at a lower rate
     # (same seed, so the same validation images stay out of training).
     efficientnet_lite0_128ft) run efficientnet_lite0 --image-size 128 --epochs 6 --batch-size 64 \
@@ -102,6 +102,22 @@ for model in "${models[@]}"; do
                                --early-stopping-patience 4 "${PHOTO_AUG[@]}" --distill-from "$OUT/ens-default+fer7" \
                                --distill-weight 0.5 --distill-temperature 2 \
                                --output-dir "$OUT/fer3-efficientnet_lite1-112-distill" ;;
+    # Three networks in one folder (docs/TRAINING.md, "Three networks in one folder"): the distilled Lite0,
+    # the restricted 7-class model (made from the 8 + 12 epoch checkpoints/fer7) and the Lite1 student,
+    # weights fitted on validation NLL, packed as float16. It passed its rule but is not shipped: the live
+    # webcam stalled with it in the app.
+    default_ensemble)
+                           restricted_fer7
+                           [ -f "$OUT/ens3-default/config.json" ] || python -m emotion ensemble \
+                               --runs "checkpoints/default,$OUT/fer7-as-fer3,$OUT/fer3-efficientnet_lite1-112-distill" \
+                               --output-dir "$OUT/ens3-default" --fit-weights --data "$DATA" \
+                               --classes angry,happy,sad --pack --half ;;
+    # The shipped 7-class model and its third stage (efficientnet_lite0_fer7_long2) as one packed ensemble,
+    # weights fitted on the 7-class validation images (docs/TRAINING.md, "A third 7-class stage").
+    fer7_ensemble)
+                           [ -f "$OUT/ens-fer7+long2/config.json" ] || python -m emotion ensemble \
+                               --runs "checkpoints/fer7,$OUT/fer7-efficientnet_lite0-96-long2" \
+                               --output-dir "$OUT/ens-fer7+long2" --fit-weights --data "$DATA" --pack --half ;;
     efficientnet_lite0_7to3) run efficientnet_lite0 --image-size 96 --epochs 4 --batch-size 64 \
                            --learning-rate 3e-4 --warmup-ratio 0.1 --early-stopping-patience 3 \
                            --pretrained "$OUT/fer7-efficientnet_lite0-96" \

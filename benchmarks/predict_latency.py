@@ -123,7 +123,7 @@ def measure(predictor: Predictor, frame: Image.Image, args: argparse.Namespace) 
     return {
         "detector": predictor.config.detector.model,
         "detector_config": predictor.config.detector.to_dict(),
-        "backend": predictor.config.backend,
+        "backend": predictor.backend,
         "threads": torch.get_num_threads(),
         "frame": {**_stats(frame_times), "detect_median_ms": round(statistics.median(parts["detect"]), 2),
                   "classify_median_ms": round(statistics.median(parts["classify"]), 2)},

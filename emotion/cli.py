@@ -216,6 +216,12 @@ def _setup_ensemble(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="fit on flip-averaged predictions")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda ... (default: GPU if there is one)")
+    p.add_argument("--pack", action="store_true",
+                   help="copy the members into OUTPUT_DIR/members/, so the ensemble is one self-contained "
+                        "folder that can be moved or shipped")
+    p.add_argument("--half", action="store_true",
+                   help="with --pack: store the copied weights as float16 (half the size; probabilities "
+                        "move by about 1e-3; loaded back as float32)")
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
@@ -231,6 +237,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         raise ConfigError("--data is only used with --fit-weights; add --fit-weights or drop --data")
     if args.fit_weights and args.weights:
         raise ConfigError("give either --weights or --fit-weights, not both")
+    if args.half and not args.pack:
+        raise ConfigError("--half stores the packed copies as float16; add --pack")
     try:
         weights = [float(w) for w in _comma_list(args.weights)] or None
     except ValueError:
@@ -240,7 +248,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         made = create_ensemble(members, args.output_dir, weights=weights,
                                fit_data=args.data if args.fit_weights else None, classes=args.classes,
                                seed=args.seed, objective=args.objective, step=args.step,
-                               batch_size=args.batch_size, tta=args.tta, device=auto_device(args.device))
+                               batch_size=args.batch_size, tta=args.tta, device=auto_device(args.device),
+                               pack=args.pack, half=args.half)
     except ValueError as exc:  # option values create_ensemble rejects (e.g. --step 0.3)
         if isinstance(exc, _user_errors()):
             raise
@@ -380,9 +389,10 @@ def _add_face_args(p: argparse.ArgumentParser) -> None:
                    help="apply the temperature fitted on the run's validation images (temperature.json), "
                         "when it has one (default: on)")
     p.add_argument("--device", default="cpu", help="torch device for the classifier (default: %(default)s)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+    p.add_argument("--backend", default=None, choices=["torch", "onnx"],
                    help="what runs the classifier: torch, or onnx (onnxruntime, CPU; about 3x faster for the "
-                        "shipped model, exported once and cached) (default: %(default)s)")
+                        "shipped model, exported once and cached) (default: what the run's config.json "
+                        "recommends, else torch; the shipped default recommends onnx)")
 
 
 def _predictor_config(args: argparse.Namespace):

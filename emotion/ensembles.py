@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -19,7 +22,7 @@ from emotion import runs
 from emotion.data.cache import DecodedImageCache
 from emotion.data.sources import DatasetError, DatasetSplits
 from emotion.evaluation import build_eval_dataset, load_eval_data, predict_probabilities
-from emotion.fileio import utc_now
+from emotion.fileio import atomic_write, default_dir_mode, utc_now
 from emotion.metrics import classification_metrics, negative_log_likelihood
 from emotion.models import ModelError
 
@@ -88,11 +91,16 @@ def create_ensemble(members: Sequence[Union[str, Path]], output_dir: Union[str, 
                     objective: str = "nll",
                     step: float = 0.05, batch_size: int = 64, tta: bool = False,
                     device: Union[None, str, torch.device] = None,
-                    cache: Optional[DecodedImageCache] = None) -> dict[str, Any]:
+                    cache: Optional[DecodedImageCache] = None, pack: bool = False,
+                    half: bool = False) -> dict[str, Any]:
     """Save an ensemble run; with ``fit_data`` its weights are fitted on validation images only.
 
     The fit is recorded in the ensemble's ``config.json`` under ``weights_fit``.
+    ``pack`` copies the members into the ensemble's folder (:func:`pack_members`,
+    ``half``: weights as float16), so that it can be shipped or moved as one folder.
     """
+    if half and not pack:
+        raise ValueError("half=True stores copied members as float16; it needs pack=True")
     members = [Path(m) for m in members]
     if len(members) < 2:
         raise ModelError(f"an ensemble needs at least 2 runs, got {len(members)}: pass --runs A,B")
@@ -122,10 +130,86 @@ def create_ensemble(members: Sequence[Union[str, Path]], output_dir: Union[str, 
                             "split": first.description, "images": int(len(labels)), "tta": tta}
         weights = fit["weights"]
         logger.info("ensemble weights %s (%s)", [round(w, 3) for w in weights], fit["method"])
+    sources = members
+    if pack:
+        members = pack_members(members, output_dir, half)
     out = runs.save_ensemble(output_dir, members, list(weights) if weights is not None else None)
     config = runs.read_json(out / runs.CONFIG_FILE)
     config["weights_fit"] = fit or {"method": "given" if weights is not None else "equal weights"}
+    # how tightly the training faces were framed belongs to the data, which the members share (as
+    # runs.train_config_of assumes): keep the first member's hint, so photos are cropped as it was trained
+    first_spec = runs.read_json(sources[0] / runs.CONFIG_FILE)
+    hints = first_spec.get("inference") if isinstance(first_spec, dict) else None
+    framing = {k: v for k, v in (hints or {}).items() if k in ("margin", "margin_source")}
+    if framing:
+        config["inference"] = framing
+    if pack:
+        config["packed_from"] = [str(m) for m in sources]
+        config["member_weights_dtype"] = "float16" if half else "as trained"
     config["created"] = utc_now()
     runs.write_json(out / runs.CONFIG_FILE, config)
     return {"run_dir": str(out), "members": [str(m) for m in members], "weights": config["weights"],
             "weights_fit": config["weights_fit"]}
+
+
+# what a packed member keeps of its run folder (checkpoints, logs and evaluations stay behind)
+# (nor its model card, which would describe it as what it was, not as a member)
+MEMBER_FILES = (runs.CONFIG_FILE, runs.LABELS_FILE, runs.WEIGHTS_FILE, runs.TEMPERATURE_FILE, "metrics.json")
+
+
+def _copy_weights(src: Path, dst: Path, half: bool) -> None:
+    if not half:
+        atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+        return
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(src)).items()}
+    atomic_write(dst, lambda tmp: save_file(tensors, str(tmp), metadata={
+        "stored_as": "float16 by emotion.ensembles.pack_members; loaded as float32"}))
+
+
+def pack_members(members: Sequence[Union[str, Path]], output_dir: Union[str, Path],
+                 half: bool = False) -> list[Path]:
+    """Copy member runs into ``output_dir/members/NN-name`` and return the copies.
+
+    Why: an ensemble that names folders elsewhere breaks when moved or
+    installed; a packed one is self-contained.  ``half`` stores the weights as
+    float16 (half the size; :func:`emotion.runs.load_run` loads them back into
+    float32, class probabilities move by about 1e-3).  Nested ensembles are
+    refused: pack their members directly.  Nothing existing is overwritten.
+    """
+    target = Path(output_dir) / "members"
+    if target.exists() and any(target.iterdir()):
+        raise ValueError(f"{target} already holds members; choose an empty --output-dir")
+    sources = [Path(m) for m in members]
+    for src in sources:
+        spec = runs.read_json(src / runs.CONFIG_FILE)
+        if isinstance(spec, dict) and spec.get("model") == "ensemble":
+            inner = ", ".join(spec.get("members") or [])
+            raise ModelError(f"{src} is itself an ensemble; pack its members ({inner}) into this one")
+        if not (src / runs.WEIGHTS_FILE).is_file():
+            raise ModelError(f"{src / runs.WEIGHTS_FILE} is missing: only finished runs can be packed")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".members.", dir=target.parent))
+    try:
+        os.chmod(staging, default_dir_mode())  # readers (the app) may run as another user
+        copies = []
+        for i, src in enumerate(sources, 1):
+            dst = staging / f"{i:02d}-{src.resolve().name}"
+            dst.mkdir()
+            for name in MEMBER_FILES:
+                if not (src / name).is_file():
+                    continue
+                if name == runs.WEIGHTS_FILE:
+                    _copy_weights(src / name, dst / name, half)
+                else:
+                    atomic_write(dst / name, lambda tmp, f=src / name: shutil.copyfile(f, tmp))
+            copies.append(target / dst.name)
+        if target.exists():
+            target.rmdir()  # empty (checked above)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("packed %d members into %s%s", len(copies), target, " as float16" if half else "")
+    return copies

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 def run_metadata(loaded: runs.LoadedRun) -> dict[str, str]:
     """What a user of the exported file needs to preprocess faces and read the outputs as this run does."""
-    predictor = Predictor.from_run(loaded, PredictorConfig())  # margin, grayscale, TTA, temperature as in use
+    # margin, grayscale, TTA, temperature as in use (torch: the settings only, no second export)
+    predictor = Predictor.from_run(loaded, PredictorConfig(backend="torch"))
     preprocess = loaded.config.preprocess
     return {
         "labels": json.dumps(list(loaded.labels)),

@@ -38,6 +38,11 @@ def default_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def default_dir_mode() -> int:
+    """What ``mkdir`` would create: 0777 less the umask (``mkdtemp`` alone makes 0700)."""
+    return 0o777 & ~_umask()
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], mode: Optional[int] = None) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place.
 
@@ -90,7 +95,7 @@ def atomic_folder(target: Path, build: Callable[[Path], None],
             pass
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; readers may run as another user
+        os.chmod(tmp, default_dir_mode())  # mkdtemp makes it 0700; readers may run as another user
         build(tmp)
         if target.exists() and not is_complete(target):
             trash = Path(tempfile.mkdtemp(prefix=prefix + "broken-", dir=target.parent))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import logging
 import math
@@ -52,7 +53,7 @@ from emotion.faces import (
 from emotion.images import ImageInput, load_image
 from emotion.models import ModelConfig, ModelError
 from emotion.models.registry import logits_of
-from emotion.onnx_backend import BACKENDS, onnx_classifier
+from emotion.onnx_backend import BACKENDS, ExportError, onnx_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -247,9 +248,11 @@ class PredictorConfig:
         "help": "divide the logits by the temperature fitted on the run's validation images "
                 "(temperature.json), so a 90% answer is right about 90% of the time; off: raw softmax"})
     device: str = field(default="cpu", metadata={"help": "torch device for the classifier"})
-    backend: str = field(default="torch", metadata={
+    backend: Optional[str] = field(default=None, metadata={
         "help": "what runs the classifier: 'torch', or 'onnx' (onnxruntime on the CPU, about 3x faster for "
-                "the shipped model; exported once per set of weights and cached)"})
+                "the shipped model; exported once per set of weights and cached); None: what the run's "
+                "config.json recommends (\"inference\": {\"backend\": ...}) when onnxruntime is installed "
+                "and the device is the CPU, else 'torch'"})
     channels_last: bool = field(default=True, metadata={
         "help": "channels-last memory format for CNNs (faster on CPU)"})
 
@@ -261,8 +264,8 @@ class PredictorConfig:
         if self.margin is not None and (isinstance(self.margin, bool)
                                         or not 0.0 <= float(self.margin) <= 2.0):
             raise ValueError(f"margin={self.margin!r} must be None or between 0 and 2")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} must be one of {', '.join(BACKENDS)}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} must be None or one of {', '.join(BACKENDS)}")
         if self.backend == "onnx" and self.device != "cpu":
             raise ValueError(f"backend='onnx' runs on the CPU; use device='cpu' (got {self.device!r}) or "
                              "backend='torch'")
@@ -280,6 +283,20 @@ class PredictorConfig:
         d = dataclasses.asdict(self)
         d["detector"] = self.detector.to_dict()
         return d
+
+
+def _recommended_backend(run_backend: Optional[str], device: torch.device) -> str:
+    """The run's recommended backend where it can run here (onnx: onnxruntime installed, CPU), else torch."""
+    if run_backend != "onnx":
+        return "torch"
+    if device.type != "cpu":
+        logger.info("the run recommends the onnx backend, which runs on the CPU; using torch on %s", device)
+        return "torch"
+    if importlib.util.find_spec("onnxruntime") is None:
+        logger.warning("the run recommends the onnx backend (about 3x faster on the CPU) but onnxruntime is "
+                       "not installed: pip install onnxruntime; using torch (same probabilities)")
+        return "torch"
+    return "onnx"
 
 
 def _run_margin(spec: dict, run_dir: Path, input_size: int) -> Optional[float]:
@@ -300,7 +317,8 @@ class Predictor:
     def __init__(self, module: nn.Module, model_config: ModelConfig, labels: Sequence[str],
                  config: Optional[PredictorConfig] = None, run: Optional[RunChoice] = None,
                  run_margin: Optional[float] = None, run_grayscale: bool = False,
-                 run_tta: bool = False, run_temperature: Optional[float] = None) -> None:
+                 run_tta: bool = False, run_temperature: Optional[float] = None,
+                 run_backend: Optional[str] = None) -> None:
         self.config = config if config is not None else PredictorConfig()
         if not isinstance(self.config, PredictorConfig):
             raise ValueError(f"config must be a PredictorConfig, got {type(self.config).__name__}")
@@ -317,12 +335,22 @@ class Predictor:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ModelError(f"device={self.config.device!r} but CUDA is not available; use device='cpu'")
         self.module = module.to(self.device).eval()
-        onnx = self.config.backend == "onnx"
-        self._channels_last = self.config.channels_last and model_config.family == "cnn" and not onnx
+        self.backend = self.config.backend or _recommended_backend(run_backend, self.device)
+        # the module stays for explanations (gradients); the ONNX graph only answers classify()
+        self._classifier: Any = self.module
+        if self.backend == "onnx":
+            try:
+                self._classifier = onnx_classifier(self.module, model_config)
+            except ExportError as exc:
+                if self.config.backend == "onnx":  # asked for by name: say why it cannot be
+                    raise
+                # only recommended by the run: the same probabilities, just slower
+                logger.warning("running the classifier with torch: the run recommends onnx, but %s", exc)
+                self.backend = "torch"
+        self._channels_last = (self.config.channels_last and model_config.family == "cnn"
+                               and self.backend == "torch")
         if self._channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
-        # the module stays for explanations (gradients); the ONNX graph only answers classify()
-        self._classifier = onnx_classifier(self.module, model_config) if onnx else self.module
         self._transform = build_transform(model_config.preprocess)
         self._detector: Optional[FaceDetector] = None
 
@@ -345,8 +373,10 @@ class Predictor:
         tta = bool(inference.get("tta"))
         fitted = runs.load_temperature(loaded.path)  # a damaged temperature.json is named, not ignored
         temperature = float(fitted["temperature"]) if fitted else None
+        hinted_backend = inference.get("backend")
+        backend = hinted_backend if hinted_backend in BACKENDS else None
         return cls(loaded.module, loaded.config, loaded.labels, config, choice, margin, grayscale, tta,
-                   temperature)
+                   temperature, backend)
 
     @property
     def input_size(self) -> int:
@@ -451,7 +481,7 @@ class Predictor:
         return {**(self.run.to_dict() if self.run else {}), "model": self.model_config.name,
                 "input_size": self.input_size, "labels": list(self.labels), "margin": self.margin,
                 "grayscale": self.grayscale, "tta": self.tta, "temperature": self.temperature,
-                "backend": self.config.backend,
+                "backend": self.backend,
                 "detector": self.config.detector.to_dict()}
 
 

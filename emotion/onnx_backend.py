@@ -35,6 +35,7 @@ OUTPUT_NAME = "logits"
 OPSET = 18
 TOLERANCE = 1e-4  # largest allowed difference of any class probability between PyTorch and onnxruntime
 BACKENDS = ("torch", "onnx")
+DEFAULT_THREADS = 1  # onnxruntime threads per call (OnnxClassifier explains why one)
 METADATA_PREFIX = "emotion."
 
 
@@ -99,7 +100,11 @@ class OnnxClassifier:
     def __init__(self, model: Union[bytes, str, Path], threads: Optional[int] = None) -> None:
         ort = _onnxruntime()
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        # one thread unless asked: for a face or a few (batch 1) a second thread gains nothing (shipped
+        # default on 2 cores: 5.5 ms with one, 5.9 with two; one Lite0: 1.2 against 1.5 ms), and a second
+        # thread that cannot get a core stalls every operator: with the browser's video coding on the same
+        # 2 cores, the live webcam took 600-1100 ms a frame instead of about 10
+        options.intra_op_num_threads = int(threads or DEFAULT_THREADS)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
         # idle onnxruntime threads otherwise spin for a while after each call and take the cores from
@@ -188,7 +193,8 @@ def onnx_classifier(module: nn.Module, model_config: ModelConfig, threads: Optio
                     cache: bool = True) -> OnnxClassifier:
     """An onnxruntime classifier for ``module``, exported once per set of weights and cached.
 
-    Exporting takes a few seconds; the cache makes later loads instant.  A
+    Exporting takes seconds (about 20 for the shipped three-network default on
+    2 cores); the cache makes later loads instant.  A
     cached file is re-checked against PyTorch on load, and a damaged one is
     exported again.
     """

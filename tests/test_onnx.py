@@ -92,9 +92,9 @@ def test_missing_onnxruntime_says_what_to_install(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="no shipped model")
+@pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="no shipped model")
 def test_shipped_model_predicts_the_same_with_both_backends(astronaut: Image.Image) -> None:
-    torch_pred = Predictor.from_run(SHIPPED, PredictorConfig())
+    torch_pred = Predictor.from_run(SHIPPED, PredictorConfig(backend="torch"))
     onnx_pred = Predictor.from_run(SHIPPED, PredictorConfig(backend="onnx"))
     assert onnx_pred.describe()["backend"] == "onnx"
     a, b = torch_pred.predict(astronaut), onnx_pred.predict(astronaut)
@@ -102,13 +102,13 @@ def test_shipped_model_predicts_the_same_with_both_backends(astronaut: Image.Ima
     pa, pb = a.faces[0].probabilities, b.faces[0].probabilities
     assert max(abs(pa[k] - pb[k]) for k in pa) <= TOLERANCE
     tta = Predictor.from_run(SHIPPED, PredictorConfig(backend="onnx", tta=True))  # a batch of two
-    ref = Predictor.from_run(SHIPPED, PredictorConfig(tta=True))
+    ref = Predictor.from_run(SHIPPED, PredictorConfig(backend="torch", tta=True))
     crop = ref.crop(astronaut, ref.detect(astronaut)[0])
     assert np.abs(tta.classify([crop, crop.rotate(10)]) - ref.classify([crop, crop.rotate(10)])).max() <= TOLERANCE
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="no shipped model")
+@pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="no shipped model")
 def test_export_command_writes_a_self_describing_checked_file(tmp_path: Path, astronaut: Image.Image,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "nested" / "model.onnx"
@@ -117,17 +117,18 @@ def test_export_command_writes_a_self_describing_checked_file(tmp_path: Path, as
     assert printed["out"] == str(out) and printed["max_probability_difference"] <= TOLERANCE
     meta = read_metadata(out)
     assert json.loads(meta["labels"]) == ["angry", "happy", "sad"]
-    assert int(meta["input_size"]) == 96
+    size = int(meta["input_size"])
+    assert size == Predictor.from_run(SHIPPED).input_size
     fitted = json.loads((SHIPPED / "temperature.json").read_text())["temperature"]
     assert float(meta["temperature"]) == pytest.approx(fitted)
     assert json.loads(meta["grayscale"]) is True
     assert list(tmp_path.glob("nested/.*")) == []  # no temporary file left
 
     # the file alone, preprocessed as its metadata says, gives the Predictor's probabilities
-    predictor = Predictor.from_run(SHIPPED, PredictorConfig())
+    predictor = Predictor.from_run(SHIPPED, PredictorConfig(backend="torch"))
     crop = predictor.crop(astronaut, predictor.detect(astronaut)[0])
     mean, std = np.array(json.loads(meta["mean"])), np.array(json.loads(meta["std"]))
-    x = (np.asarray(crop.resize((96, 96)), np.float32) / 255.0 - mean) / std
+    x = (np.asarray(crop.resize((size, size)), np.float32) / 255.0 - mean) / std
     logits = OnnxClassifier(out)(torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32)))
     probs = (logits / float(meta["temperature"])).softmax(-1).numpy()[0]
     assert np.abs(probs - predictor.classify([crop])[0]).max() <= 1e-3  # resize paths may differ slightly
@@ -151,5 +152,5 @@ def test_export_refuses_bad_outputs_and_keeps_an_existing_file(tmp_path: Path) -
 def test_onnx_backend_is_cpu_only_and_named_in_errors() -> None:
     with pytest.raises(ValueError, match="backend='onnx' runs on the CPU"):
         PredictorConfig(backend="onnx", device="cuda")
-    with pytest.raises(ValueError, match="must be one of torch, onnx"):
+    with pytest.raises(ValueError, match="must be None or one of torch, onnx"):
         PredictorConfig(backend="tensorrt")

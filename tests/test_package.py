@@ -27,7 +27,17 @@ from emotion import __version__, paths
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("default", "fer7")  # the shipped models (emotion.paths.shipped_model_dirs)
-MODEL_FILES = ("model.safetensors", "config.json", "labels.json", "temperature.json")
+MODEL_FILES = ("config.json", "labels.json", "temperature.json", "README.md")
+
+
+def model_files(name: str) -> list[str]:
+    """A shipped model's files, relative to checkpoints/: its own and, for an ensemble, its packed members'."""
+    folder = REPO / "checkpoints" / name
+    members = [p.relative_to(folder).as_posix() for p in sorted(folder.glob("members/*/*"))
+               if p.suffix in (".json", ".safetensors")]
+    weights = ["model.safetensors"] if (folder / "model.safetensors").is_file() else []
+    assert weights or members, f"checkpoints/{name} has neither weights nor packed members"
+    return [f"{name}/{f}" for f in (*MODEL_FILES, *weights, *members)]
 # Left out of the copy the wheel is built from: version control, caches, build artefacts, local output.
 NOT_COPIED = {".git", ".pytest_cache", ".ruff_cache", "build", "dist", "outputs", "wandb", "mlruns", ".whl",
               ".gl", ".venv", "venv"}
@@ -124,7 +134,7 @@ def test_the_wheel_holds_every_module_of_the_package(wheel: zipfile.ZipFile) -> 
 
 def test_the_wheel_holds_the_shipped_models_and_results(wheel: zipfile.ZipFile) -> None:
     sizes = {info.filename: info.file_size for info in wheel.infolist()}
-    required = [f"{name}/{f}" for name in SHIPPED for f in MODEL_FILES]
+    required = [f for name in SHIPPED for f in model_files(name)]
     required += [p.relative_to(REPO / "checkpoints").as_posix()
                  for p in sorted((REPO / "checkpoints" / "results").glob("*.json"))]
     assert len(required) > len(SHIPPED) * len(MODEL_FILES)  # the results are there too
@@ -142,8 +152,10 @@ def test_the_wheel_leaves_out_training_output_tests_and_the_app(wheel: zipfile.Z
     for name in names:
         if name.startswith("emotion/checkpoints/"):
             rel = name.removeprefix("emotion/checkpoints/")
-            # only the files of checkpoints/README.md, {default,fer7,results}/<file>: no subfolders
-            assert rel == "README.md" or (rel.count("/") == 1 and rel.split("/")[0] in (*SHIPPED, "results")), name
+            # only checkpoints/README.md, {default,fer7,results}/<file> and a packed ensemble's members
+            top = rel.split("/")[0]
+            assert (rel == "README.md" or (rel.count("/") == 1 and top in (*SHIPPED, "results"))
+                    or (rel.count("/") == 3 and top in SHIPPED and rel.split("/")[1] == "members")), name
             assert (REPO / "checkpoints" / rel).is_file(), f"{name} has no source in checkpoints/"
 
 
@@ -175,7 +187,7 @@ def test_the_installed_package_finds_its_models_from_any_folder(wheel_path: Path
     assert package == (target / "emotion").resolve()
     for name, folder in zip((*SHIPPED, "results"), folders):
         assert folder == package / "checkpoints" / name and folder.is_dir(), folder
-    assert all((package / "checkpoints" / name / "model.safetensors").is_file() for name in SHIPPED)
+    assert all((package / "checkpoints" / f).is_file() for name in SHIPPED for f in model_files(name))
     done = _run([str(target / "bin" / "emotion"), "--help"], cwd=elsewhere, env=env)
     assert done.returncode == 0 and "predict" in done.stdout, done.stderr
 

@@ -153,16 +153,20 @@ def describe_choice(choice: RunChoice, predictor: Predictor) -> str:
     cfg = predictor.model_config
     grey = " · faces greyed as in its training data" if getattr(predictor, "grayscale", False) else ""
     mirror = " · each face averaged with its mirror image" if getattr(predictor, "tta", False) else ""
-    onnx = " · run by onnxruntime" if predictor.config.backend == "onnx" else ""
+    onnx = " · run by onnxruntime" if getattr(predictor, "backend", None) == "onnx" else ""
     return (f"Model: **{Path(choice.path).name}** (`{shown_path(choice.path)}`) · {cfg.name} at "
             f"{cfg.input_size} px · classes {', '.join(predictor.labels)}{grey}{mirror}{onnx} · {why}")
 
 
-def load_predictor(choice: RunChoice, backend: str = "torch") -> Optional[Predictor]:
-    """The shared predictor of a run (loaded once per run, weights version and backend); errors are shown."""
+def load_predictor(choice: RunChoice, backend: Optional[str] = None) -> Optional[Predictor]:
+    """The shared predictor of a run (loaded once per run, weights version and backend); errors are shown.
+
+    ``backend`` None: what the run recommends (the shipped default: onnx), else torch.
+    """
     try:
         spinner = f"Loading {Path(choice.path).name}" + (
-            " (the first onnx load exports the network, a few seconds)…" if backend == "onnx" else "…")
+            " (an onnx load exports the network once: seconds, about 20 for the shipped three)…"
+            if backend != "torch" else "…")
         with st.spinner(spinner):
             predictor = get_predictor(choice.path, PredictorConfig(backend=backend))
     except Exception as exc:  # noqa: BLE001 - a damaged run folder explains itself
@@ -172,7 +176,7 @@ def load_predictor(choice: RunChoice, backend: str = "torch") -> Optional[Predic
 
 
 def pick_model(dataset: Optional[DatasetSplits], spec: str, classes: Optional[str], key: str,
-               backend: str = "torch") -> Optional[Predictor]:
+               backend: Optional[str] = None) -> Optional[Predictor]:
     """Run picker plus loading; without any model, the quick-model flow.  None: nothing to use yet."""
     choice = run_picker(key)
     if choice is None:
@@ -194,12 +198,14 @@ def model_page(key: str, choose_backend: bool = False
     """
     dataset = dataset_sidebar()
     spec, classes = active_spec()
-    backend = "torch"
+    backend: Optional[str] = None
     if choose_backend:
-        backend = str(st.sidebar.radio(
-            "Classifier backend", ["torch", "onnx"], horizontal=True, key=f"{key}_backend",
+        picked = str(st.sidebar.radio(
+            "Classifier backend", ["recommended", "torch", "onnx"], horizontal=True, key=f"{key}_backend",
             help="onnx: the same network run by onnxruntime on the CPU, about 3x faster per face for the "
-                 "shipped model (same probabilities within 1e-4)"))
+                 "shipped model (same probabilities within 1e-4); recommended: what the model's config.json "
+                 "says (the shipped default: onnx), else torch"))
+        backend = None if picked == "recommended" else picked
     predictor = pick_model(dataset, spec, classes, key=key, backend=backend)
     if predictor is None:
         st.stop()

@@ -71,7 +71,7 @@ def run_key(predictor: Predictor) -> str:
     path = Path(predictor.run.path) if predictor.run is not None else Path("?")
     weights = path / WEIGHTS_FILE
     stamp = weights.stat().st_mtime_ns if weights.exists() else 0
-    return f"{path.resolve()}|{stamp}|{predictor.model_config.name}|{predictor.config.backend}"
+    return f"{path.resolve()}|{stamp}|{predictor.model_config.name}|{getattr(predictor, 'backend', 'torch')}"
 
 
 def _font(size: int) -> ImageFont.ImageFont:

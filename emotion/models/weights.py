@@ -33,6 +33,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         for name in ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth"):
             if (path / name).exists():
                 return read_state_dict(path / name)
+        members = sorted(m.name for m in path.glob("members/*") if (m / "model.safetensors").is_file())
+        if members:  # a packed ensemble (such as the shipped default): its networks are its members
+            first = path / "members" / members[0]
+            raise WeightsNotFoundError(f"{path} is an ensemble of {len(members)} networks, not one set of "
+                                       f"weights; start from one member, e.g. --pretrained {first}")
         raise WeightsNotFoundError(f"{path} holds no model.safetensors or pytorch_model.bin")
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {path} does not exist")
