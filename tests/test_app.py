@@ -576,3 +576,7 @@ def test_docker_image_starts_the_app_the_way_spaces_expect() -> None:
     assert {"checkpoints/runs", "checkpoints/jobs", ".git"} <= set(ignored)
     assert "checkpoints/default" not in ignored and "checkpoints/fer7" not in ignored  # shipped models ship
     assert re.search(r"^maxUploadSize = \d+$", (REPO / ".streamlit" / "config.toml").read_text(), re.M)
+    import tomllib
+
+    # no full garbage collection after every rerun: it starved the live webcam (config.toml says why)
+    assert tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["runner"]["postScriptGC"] is False

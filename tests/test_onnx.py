@@ -97,6 +97,7 @@ def test_shipped_model_predicts_the_same_with_both_backends(astronaut: Image.Ima
     torch_pred = Predictor.from_run(SHIPPED, PredictorConfig(backend="torch"))
     onnx_pred = Predictor.from_run(SHIPPED, PredictorConfig(backend="onnx"))
     assert onnx_pred.describe()["backend"] == "onnx"
+    assert Predictor.from_run(SHIPPED).backend == "onnx"  # what the shipped default's config.json recommends
     a, b = torch_pred.predict(astronaut), onnx_pred.predict(astronaut)
     assert len(a.faces) == len(b.faces) == 1
     pa, pb = a.faces[0].probabilities, b.faces[0].probabilities

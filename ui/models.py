@@ -161,12 +161,12 @@ def describe_choice(choice: RunChoice, predictor: Predictor) -> str:
 def load_predictor(choice: RunChoice, backend: Optional[str] = None) -> Optional[Predictor]:
     """The shared predictor of a run (loaded once per run, weights version and backend); errors are shown.
 
-    ``backend`` None: what the run recommends (the shipped default: onnx), else torch.
+    ``backend`` None: what the run recommends (``config.json`` ``"inference"``), else torch.
     """
     try:
         spinner = f"Loading {Path(choice.path).name}" + (
-            " (an onnx load exports the network once: seconds, about 20 for the shipped three)…"
-            if backend != "torch" else "…")
+            " (the first onnx load exports the network: seconds, longer for an ensemble)…"
+            if backend == "onnx" else "…")
         with st.spinner(spinner):
             predictor = get_predictor(choice.path, PredictorConfig(backend=backend))
     except Exception as exc:  # noqa: BLE001 - a damaged run folder explains itself
@@ -204,7 +204,7 @@ def model_page(key: str, choose_backend: bool = False
             "Classifier backend", ["recommended", "torch", "onnx"], horizontal=True, key=f"{key}_backend",
             help="onnx: the same network run by onnxruntime on the CPU, about 3x faster per face for the "
                  "shipped model (same probabilities within 1e-4); recommended: what the model's config.json "
-                 "says (the shipped default: onnx), else torch"))
+                 "says, else torch"))
         backend = None if picked == "recommended" else picked
     predictor = pick_model(dataset, spec, classes, key=key, backend=backend)
     if predictor is None:

@@ -34,7 +34,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             if (path / name).exists():
                 return read_state_dict(path / name)
         members = sorted(m.name for m in path.glob("members/*") if (m / "model.safetensors").is_file())
-        if members:  # a packed ensemble (such as the shipped default): its networks are its members
+        if members:  # a packed ensemble (ensemble --pack): its networks are its members
             first = path / "members" / members[0]
             raise WeightsNotFoundError(f"{path} is an ensemble of {len(members)} networks, not one set of "
                                        f"weights; start from one member, e.g. --pretrained {first}")
