@@ -16,6 +16,7 @@ import streamlit as st
 from emotion import jobs, paths
 from emotion.config import QUICK_EPOCHS, QUICK_IMAGE_SIZE, quick_train_config
 from emotion.data.sources import DatasetSplits
+from emotion.fileio import read_json_or_none
 from emotion.inference import Predictor, PredictorConfig, RunChoice, get_predictor, resolve_run
 from emotion.runs import RunError, describe_run, is_complete, list_runs
 from ui.state import active_spec, dataset_sidebar
@@ -163,10 +164,14 @@ def load_predictor(choice: RunChoice, backend: Optional[str] = None) -> Optional
 
     ``backend`` None: what the run recommends (``config.json`` ``"inference"``), else torch.
     """
+    spec = read_json_or_none(Path(choice.path) / "config.json")
+    hints = spec.get("inference") if isinstance(spec, dict) else None
+    hint = hints.get("backend") if isinstance(hints, dict) else None
+    onnx = backend == "onnx" or (backend is None and hint == "onnx")
     try:
         spinner = f"Loading {Path(choice.path).name}" + (
-            " (the first onnx load exports the network: seconds, longer for an ensemble)…"
-            if backend == "onnx" else "…")
+            " (the first onnx load exports the network: seconds, about 20 for the shipped ensemble)…"
+            if onnx else "…")
         with st.spinner(spinner):
             predictor = get_predictor(choice.path, PredictorConfig(backend=backend))
     except Exception as exc:  # noqa: BLE001 - a damaged run folder explains itself
