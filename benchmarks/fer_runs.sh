@@ -84,6 +84,13 @@ for model in "${models[@]}"; do
     efficientnet_lite0_fer7_long)
                            fer7 fer7-efficientnet_lite0-96-long --epochs 12 --learning-rate 3e-4 --warmup-ratio 0.03 \
                                --early-stopping-patience 4 --pretrained checkpoints/fer7 ;;
+    # A larger 7-class network: EfficientNet-Lite1 at 112 px from its ImageNet weights, 12 epochs with the
+    # photo-like augmentation, same exclusions and seed as the Lite0 7-class runs (docs/TRAINING.md).
+    efficientnet_lite1_fer7)
+                           python benchmarks/fer3_val_exclusions.py "$DATA" checkpoints/exclusions/fer3-val.json
+                           run efficientnet_lite1 --classes '' --image-size 112 --batch-size 64 "${PHOTO_AUG[@]}" \
+                               --exclude-file checkpoints/exclusions/fer3-val.json --epochs 12 --warmup-ratio 0.05 \
+                               --early-stopping-patience 4 --output-dir "$OUT/fer7-efficientnet_lite1-112" ;;
     # A third 7-class stage: the shipped 7-class model (8 + 12 epochs) trained 8 epochs more from a fresh
     # cosine schedule at lr 2e-4, same augmentation, exclusions and seed.
     efficientnet_lite0_fer7_long2)
