@@ -25,7 +25,7 @@ from emotion.ensembles import create_ensemble, pack_members
 from emotion.fileio import default_dir_mode, default_file_mode
 from emotion.inference import Predictor, PredictorConfig
 from emotion.models import ModelError
-from emotion.runs import load_run, read_json, write_json
+from emotion.runs import RunError, load_run, read_json, write_json
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def test_a_packed_float16_ensemble_stands_alone_at_half_the_size(members: list[P
     assert spec["packed_from"] == [str(m) for m in members] and packed["weights"] == [0.3, 0.7]
     for i, member in enumerate(members, 1):
         copy = tmp_path / "packed" / "members" / f"0{i}-{member.name}"
-        assert (copy / "model.safetensors").stat().st_size < 0.6 * (member / "model.safetensors").stat().st_size
+        size, original = ((d / "model.safetensors").stat().st_size for d in (copy, member))
+        assert size < 0.6 * original
         assert read_json(copy / "labels.json") == read_json(member / "labels.json")
         # as readable as any new file (the app may run as another user), not mkstemp's 0600
         assert stat.S_IMODE((copy / "model.safetensors").stat().st_mode) == default_file_mode()
@@ -65,7 +66,7 @@ def test_a_packed_float16_ensemble_stands_alone_at_half_the_size(members: list[P
         shutil.move(str(member), str(tmp_path / f"gone-{member.name}"))
     try:
         got = _probs(moved, x)
-        with pytest.raises(Exception):
+        with pytest.raises(RunError, match="does not exist"):
             load_run(Path(plain["run_dir"]))  # the unpacked one names folders that are gone
     finally:
         for member in members:
@@ -116,7 +117,8 @@ def _hinted(run: Path, tmp_path: Path, backend: str) -> Path:
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript")
                     is None, reason="the onnx backend needs onnxruntime and onnxscript")
-def test_a_run_recommends_its_backend_and_the_caller_still_decides(members: list[Path], tmp_path: Path) -> None:
+def test_a_run_recommends_its_backend_and_the_caller_still_decides(members: list[Path],
+                                                                    tmp_path: Path) -> None:
     hinted = _hinted(members[1], tmp_path, "onnx")
     face = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
     recommended = Predictor.from_run(hinted)
@@ -126,12 +128,13 @@ def test_a_run_recommends_its_backend_and_the_caller_still_decides(members: list
     assert chosen.backend == "torch"
     crop = chosen.crop(face, None)
     assert np.abs(recommended.classify([crop]) - chosen.classify([crop])).max() <= 1e-4
-    assert Predictor.from_run(_hinted(members[1], tmp_path, "tensorrt")).backend == "torch"  # unknown: ignored
+    unknown = _hinted(members[1], tmp_path, "tensorrt")
+    assert Predictor.from_run(unknown).backend == "torch"  # a backend this version does not know: ignored
 
 
-def test_a_recommended_backend_that_cannot_run_here_falls_back_loudly(members: list[Path], tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_a_recommended_backend_that_cannot_run_here_falls_back_loudly(
+        members: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     hinted = _hinted(members[1], tmp_path, "onnx")
     real = importlib.util.find_spec
     monkeypatch.setattr(inference.importlib.util, "find_spec",
@@ -155,7 +158,8 @@ def test_a_recommended_backend_that_cannot_run_here_falls_back_loudly(members: l
         Predictor.from_run(hinted, PredictorConfig(backend="onnx"))  # asked for by name: the error
 
 
-def test_a_packed_ensemble_cannot_start_a_training_but_its_members_can(members: list[Path], tmp_path: Path) -> None:
+def test_a_packed_ensemble_cannot_start_a_training_but_its_members_can(members: list[Path],
+                                                                        tmp_path: Path) -> None:
     from emotion.models import create_model
     from emotion.models.weights import WeightsNotFoundError
 
