@@ -285,6 +285,13 @@ class PredictorConfig:
         return d
 
 
+def recommended_backend(spec: Any) -> Optional[str]:
+    """The backend a run's ``config.json`` recommends (``"inference": {"backend": ...}``), if known here."""
+    hints = spec.get("inference") if isinstance(spec, dict) else None
+    backend = hints.get("backend") if isinstance(hints, dict) else None
+    return backend if backend in BACKENDS else None
+
+
 def _recommended_backend(run_backend: Optional[str], device: torch.device) -> str:
     """The run's recommended backend where it can run here (onnx: onnxruntime installed, CPU), else torch."""
     if run_backend != "onnx":
@@ -373,8 +380,7 @@ class Predictor:
         tta = bool(inference.get("tta"))
         fitted = runs.load_temperature(loaded.path)  # a damaged temperature.json is named, not ignored
         temperature = float(fitted["temperature"]) if fitted else None
-        hinted_backend = inference.get("backend")
-        backend = hinted_backend if hinted_backend in BACKENDS else None
+        backend = recommended_backend(loaded.spec)
         return cls(loaded.module, loaded.config, loaded.labels, config, choice, margin, grayscale, tta,
                    temperature, backend)
 

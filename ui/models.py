@@ -17,7 +17,8 @@ from emotion import jobs, paths
 from emotion.config import QUICK_EPOCHS, QUICK_IMAGE_SIZE, quick_train_config
 from emotion.data.sources import DatasetSplits
 from emotion.fileio import read_json_or_none
-from emotion.inference import Predictor, PredictorConfig, RunChoice, get_predictor, resolve_run
+from emotion.inference import (Predictor, PredictorConfig, RunChoice, get_predictor, recommended_backend,
+                               resolve_run)
 from emotion.runs import RunError, describe_run, is_complete, list_runs
 from ui.state import active_spec, dataset_sidebar
 
@@ -164,9 +165,7 @@ def load_predictor(choice: RunChoice, backend: Optional[str] = None) -> Optional
 
     ``backend`` None: what the run recommends (``config.json`` ``"inference"``), else torch.
     """
-    spec = read_json_or_none(Path(choice.path) / "config.json")
-    hints = spec.get("inference") if isinstance(spec, dict) else None
-    hint = hints.get("backend") if isinstance(hints, dict) else None
+    hint = recommended_backend(read_json_or_none(Path(choice.path) / "config.json"))
     onnx = backend == "onnx" or (backend is None and hint == "onnx")
     try:
         spinner = f"Loading {Path(choice.path).name}" + (
