@@ -128,6 +128,22 @@ for model in "${models[@]}"; do
                            [ -f "$OUT/ens-fer7+long2/config.json" ] || python -m emotion ensemble \
                                --runs "checkpoints/fer7,$OUT/fer7-efficientnet_lite0-96-long2" \
                                --output-dir "$OUT/ens-fer7+long2" --fit-weights --data "$DATA" --pack --half ;;
+    # The Lite1 7-class run and the shipped 7-class model as one packed ensemble, weights fitted on the
+    # 7-class validation images (docs/TRAINING.md, "A larger 7-class network", second rule).
+    fer7_lite1_ensemble)
+                           [ -f "$OUT/ens-fer7+lite1/config.json" ] || python -m emotion ensemble \
+                               --runs "checkpoints/fer7,$OUT/fer7-efficientnet_lite1-112" \
+                               --output-dir "$OUT/ens-fer7+lite1" --fit-weights --data "$DATA" --pack --half ;;
+    # The default's three networks with the restricted Lite0 7-class member swapped for the Lite1 7-class
+    # run's angry/happy/sad rows (docs/TRAINING.md, "A larger 7-class network", third rule).
+    default_ensemble_lite1fer7)
+                           [ -f "$OUT/fer7lite1-as-fer3/config.json" ] || python benchmarks/restrict_classes.py \
+                               "$OUT/fer7-efficientnet_lite1-112" --classes angry,happy,sad \
+                               --validate-like "$DISTILLED" --out "$OUT/fer7lite1-as-fer3"
+                           [ -f "$OUT/ens3-lite1fer7/config.json" ] || python -m emotion ensemble \
+                               --runs "$DISTILLED,$OUT/fer7lite1-as-fer3,checkpoints/default/members/03-fer3-efficientnet_lite1-112-distill" \
+                               --output-dir "$OUT/ens3-lite1fer7" --fit-weights --data "$DATA" \
+                               --classes angry,happy,sad --pack --half ;;
     efficientnet_lite0_7to3) run efficientnet_lite0 --image-size 96 --epochs 4 --batch-size 64 \
                            --learning-rate 3e-4 --warmup-ratio 0.1 --early-stopping-patience 3 \
                            --pretrained "$OUT/fer7-efficientnet_lite0-96" \
