@@ -34,7 +34,7 @@ from emotion.data.sources import (
 )
 from emotion.ensembles import create_ensemble
 from emotion.evaluation import evaluate_run, fit_run_temperature, saved_evaluations
-from emotion.fileio import utc_now
+from emotion.fileio import atomic_write, utc_now
 from emotion.models import get_model_config, list_models
 from emotion.models.registry import ModelError
 from emotion.names import slug
@@ -348,8 +348,25 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "details": details,
     }
-    write_tables(doc, config.out)
+    if not details and (Path(config.out) / RESULT_FILES[2]).exists():
+        # e.g. a rerun without --reuse, whose every row is "skipped": the earlier results are worth more
+        logger.error("no model was scored (the rows say why), so the results already in %s are kept",
+                     config.out)
+        return doc
+    doc["written"] = [str(p) for p in write_tables(doc, config.out)]
     return doc
+
+
+def _unused_folder(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... when it holds files: an earlier benchmark's ensemble is kept."""
+    candidate, n = path, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    if candidate != path:
+        logger.info("ensemble: %s is taken (an earlier benchmark's), so this one goes to %s", path,
+                    candidate.name)
+    return candidate
 
 
 def _ensemble_row(config: BenchmarkConfig, trained: dict[str, tuple[Path, dict]], splits: DatasetSplits,
@@ -369,7 +386,7 @@ def _ensemble_row(config: BenchmarkConfig, trained: dict[str, tuple[Path, dict]]
             return _row(ENSEMBLE, f"skipped: needs at least 2 trained models, got {len(ranked)} ({ranked})")
         members = ranked[:2]
         how = "the two best by validation macro-F1"
-    out_dir = config.runs_dir / f"{_run_prefix(config)}-{ENSEMBLE}-{'+'.join(members)}"
+    out_dir = _unused_folder(config.runs_dir / f"{_run_prefix(config)}-{ENSEMBLE}-{'+'.join(members)}")
     try:
         made = create_ensemble([trained[m][0] for m in members], out_dir,
                                fit_data=splits if config.fit_ensemble_weights else None, seed=config.seed,
@@ -478,8 +495,8 @@ def write_tables(doc: dict, out: Union[str, Path]) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md, csv_path, js = (out / name for name in RESULT_FILES)
-    md.write_text(to_markdown(doc))
-    csv_path.write_text(to_csv(doc))
+    for path, text in ((md, to_markdown(doc)), (csv_path, to_csv(doc))):
+        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
     runs.write_json(js, doc)
     return [md, csv_path, js]
 

@@ -308,7 +308,6 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from emotion.benchmark import (
-        RESULT_FILES,
         BenchmarkConfig,
         parse_image_sizes,
         parse_train_options,
@@ -344,8 +343,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2, default=str))
     else:
         print(to_markdown(doc))
-        print("written: " + ", ".join(str(config.out / name) for name in RESULT_FILES))
-    return 0
+        if doc.get("written"):
+            print("written: " + ", ".join(doc["written"]))
+    return 0 if doc.get("written") else 1
 
 
 def _add_face_args(p: argparse.ArgumentParser) -> None:
@@ -422,6 +422,32 @@ def _check_output_image(path: str, option: str):
     if out.suffix.lower() not in Image.registered_extensions():
         raise ConfigError(f"{option} {path}: use an image file name such as out.png")
     return out
+
+
+def _refuse_outputs_over_inputs(outputs: Sequence[Path], inputs: Sequence[Path], option: str) -> None:
+    """Refuse an output file that is one of the inputs: writing it would destroy the original.
+
+    Compared by device and inode, so symlinks, hard links and ``./a.png`` against
+    ``a.png`` are caught (a video would even be cut short while still being read).
+    """
+    import os
+
+    seen: dict[tuple[int, int], Path] = {}
+    for path in inputs:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        seen[(st.st_dev, st.st_ino)] = path
+    for out in outputs:
+        try:
+            st = os.stat(out)
+        except OSError:  # not there yet: nothing to lose
+            continue
+        original = seen.get((st.st_dev, st.st_ino))
+        if original is not None:
+            raise ConfigError(f"{option} {out} is the input {original}: writing it would replace the "
+                              "original; choose another file name")
 
 
 def _setup_predict(p: argparse.ArgumentParser) -> None:
@@ -605,6 +631,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except (InputError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     config = _predictor_config(args)
+    numbered = sum(item.kind == annotate_kind for item in inputs) > 1
+    annotated = {i: (annotate.with_name(f"{annotate.stem}-{i}{annotate.suffix}") if numbered else annotate)
+                 for i, item in enumerate(inputs, start=1)
+                 if annotate is not None and item.kind == annotate_kind}
+    _refuse_outputs_over_inputs(list(annotated.values()), [item.path for item in inputs], "--annotate")
+    if args.out:
+        _refuse_outputs_over_inputs([Path(args.out)], [item.path for item in inputs], "--out")
     first = None
     if len(inputs) == 1:  # fail before the model loads
         if inputs[0].kind == "image":
@@ -620,14 +653,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         logger.warning("--annotate %s draws on %ss only; the %ss are not annotated (give %s to draw on them)",
                        annotate, annotate_kind, other, "a video name such as out.mp4" if other == "video"
                        else "an image name such as out.png")
-    numbered = sum(item.kind == annotate_kind for item in inputs) > 1
     rows = RowWriter.open(args.out, predictor.labels, args.format) if args.out else None
     failed = 0
     try:
         for i, item in enumerate(inputs, start=1):
-            out = None
-            if annotate is not None and item.kind == annotate_kind:
-                out = annotate.with_name(f"{annotate.stem}-{i}{annotate.suffix}") if numbered else annotate
+            out = annotated.get(i)
             if item.kind == "image":
                 ok = _predict_image_input(args, predictor, about, item.path, first, out, rows)
             else:
@@ -687,6 +717,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--road-percentiles {args.road_percentiles!r} must be comma-separated "
                           "integers") from None
+    _refuse_outputs_over_inputs([out], [Path(args.image)], "--out")
     img = load_image(args.image)
     predictor = Predictor.from_run(args.run, config)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,14 @@ def create_ensemble(members: Sequence[Union[str, Path]], output_dir: Union[str, 
     members = [Path(m) for m in members]
     if len(members) < 2:
         raise ModelError(f"an ensemble needs at least 2 runs, got {len(members)}: pass --runs A,B")
+    output_dir = Path(output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        # its config.json and labels.json would replace a run's own (a member's, even), and any
+        # temperature or evaluations left there would then describe the wrong model
+        raise runs.RunError(f"{output_dir} is not empty; an ensemble is saved into a new or empty folder: "
+                       "choose another --output-dir")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise runs.RunError(f"{output_dir} is a file; choose a folder name for --output-dir")
     fit = None
     if fit_data is not None:
         if weights is not None:

@@ -288,9 +288,14 @@ class JobQueue:
         """Queue a training run of ``config`` (a ``TrainConfig``); it starts when a slot is free."""
         run_dir = Path(config.output_dir).expanduser().resolve()
         fields = {**config.to_dict(), "output_dir": str(run_dir)}
-        status = read_json_or_none(run_dir / STATUS_FILE)
-        if isinstance(status, dict) and status.get("state") == "completed":
-            raise JobError(f"{run_dir} already holds a completed run: choose another run name")
+        # these import torch: only where a run is queued, never in the supervisor
+        from emotion.runs import RunError
+        from emotion.training import check_run_folder
+
+        try:  # the checks `emotion train` makes, before queueing: an ensemble or a copied model is no target
+            check_run_folder(run_dir, overwrite=bool(getattr(config, "overwrite", False)))
+        except RunError as exc:  # JobError is what the Train page and the CLI report
+            raise JobError(str(exc)) from None
         env = {k: v for k, v in os.environ.items() if k.startswith(KEPT_ENV_PREFIXES)}
         with self._locked() as doc:
             clash = [r["id"] for r in doc["jobs"] if r["state"] in ACTIVE and Path(r["run_dir"]) == run_dir]

@@ -310,11 +310,20 @@ def check_run_folder(run_dir: Path, overwrite: bool = False) -> None:
         if run_dir.exists():
             raise runs.RunError(f"{run_dir} is a file, not a run folder: choose another --output-dir")
         return
+    spec = read_json_or_none(run_dir / runs.CONFIG_FILE)
+    if isinstance(spec, dict) and spec.get("model") == "ensemble":
+        raise runs.RunError(f"{run_dir} holds an ensemble; training never writes into one (its members and "
+                            "weights would be mixed with the new run): choose another --output-dir or "
+                            "--run-name")
     status = read_json_or_none(run_dir / runs.STATUS_FILE)
+    has_weights = (run_dir / runs.WEIGHTS_FILE).exists()
     completed = (isinstance(status, dict) and status.get("state") == "completed") or (
-        (run_dir / runs.WEIGHTS_FILE).exists() and (run_dir / runs.METRICS_FILE).exists())
-    if completed and not overwrite:
-        raise runs.RunError(f"{run_dir} already holds a completed run; choose another --output-dir or "
+        has_weights and (run_dir / runs.METRICS_FILE).exists())
+    # weights that no training of ours left here (a copied, restricted or shipped model): a finished model
+    foreign_model = has_weights and not (run_dir / runs.TRAIN_CONFIG_FILE).exists()
+    if (completed or foreign_model) and not overwrite:
+        what = "a completed run" if completed else f"a model ({runs.WEIGHTS_FILE}) that was not trained here"
+        raise runs.RunError(f"{run_dir} already holds {what}; choose another --output-dir or "
                             "--run-name, or pass --overwrite to replace it")
     if any((run_dir / marker).exists() for marker in RUN_MARKERS):
         return
@@ -323,6 +332,35 @@ def check_run_folder(run_dir: Path, overwrite: bool = False) -> None:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise runs.RunError(f"{run_dir} is not a run folder and is not empty ({shown}): training writes and "
                             "deletes files in its run folder, so choose a new or empty --output-dir")
+
+
+# what a finished run leaves besides its checkpoints; --overwrite moves these aside before training again
+REPLACED_RESULTS = (runs.WEIGHTS_FILE, runs.CONFIG_FILE, runs.LABELS_FILE, runs.METRICS_FILE, runs.HISTORY_FILE,
+                    runs.TEMPERATURE_FILE, runs.PROGRESS_FILE, "evaluations", "README.md")
+
+
+def set_aside_results(run_dir: Path) -> Optional[Path]:
+    """Move a replaced run's results into ``run_dir/previous-<UTC time>/`` and return that folder.
+
+    Why: ``--overwrite`` trains the folder again, and anything left in place
+    would describe the old model (its temperature would even be applied to the
+    new weights); deleting them would lose the old model if the new training
+    fails or disappoints.
+    """
+    present = [run_dir / name for name in REPLACED_RESULTS if (run_dir / name).exists()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    aside, n = run_dir / f"previous-{stamp}", 1
+    while aside.exists():
+        n += 1
+        aside = run_dir / f"previous-{stamp}-{n}"
+    aside.mkdir()
+    for path in present:
+        path.rename(aside / path.name)
+    logger.warning("--overwrite: the earlier run's results (%s) were moved to %s",
+                   ", ".join(p.name for p in present), aside)
+    return aside
 
 
 def _holds_results(run_dir: Path) -> bool:
@@ -342,6 +380,35 @@ def _remove_own_files(run_dir: Path) -> None:
 
 
 _CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")
+# the file the Trainer writes last into a checkpoint: a checkpoint without it was cut off while being saved
+_CHECKPOINT_COMPLETE_FILE = "trainer_state.json"
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Optional[str]:
+    """The newest checkpoint that was saved in full; newer, partly written ones are moved aside.
+
+    Why: a run stopped (Stop button, Ctrl-C, a full disk) while the Trainer
+    wrote ``checkpoint-N`` leaves a folder without ``trainer_state.json``;
+    resuming from it fails, and every later resume would too.  It is renamed
+    ``incomplete-checkpoint-N`` (kept, not deleted) and the run resumes from the
+    checkpoint before it.
+    """
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted(((int(c.name.split("-")[1]), c) for c in ckpt_dir.iterdir()
+                    if _CHECKPOINT_NAME.fullmatch(c.name) and c.is_dir()), reverse=True)
+    for _, folder in found:
+        if (folder / _CHECKPOINT_COMPLETE_FILE).is_file():
+            return str(folder)
+        aside = folder.with_name(f"incomplete-{folder.name}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = folder.with_name(f"incomplete-{folder.name}-{n}")
+        folder.rename(aside)
+        logger.warning("%s was cut off while being saved (no %s): moved it to %s and resuming from the "
+                       "checkpoint before it", folder, _CHECKPOINT_COMPLETE_FILE, aside.name)
+    return None
 
 
 def remove_checkpoints(ckpt_dir: Path) -> None:
@@ -417,13 +484,13 @@ def _save_trained(run_dir: Path, built: Any, model_cfg: Any, labels: list[str], 
 
 def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     set_seed(config.seed)
     ckpt_dir = run_dir / "checkpoints"
     replacing = config.overwrite and (run_dir / runs.METRICS_FILE).exists()  # a completed run: start over
-    last = (get_last_checkpoint(str(ckpt_dir))
-            if (config.resume and not replacing and ckpt_dir.is_dir()) else None)
+    if replacing:
+        set_aside_results(run_dir)
+    last = last_complete_checkpoint(ckpt_dir) if (config.resume and not replacing) else None
     if last:
         _check_resumable(run_dir, config)
         logger.info("resuming from %s", last)

@@ -94,6 +94,25 @@ def test_benchmark_trains_ensembles_and_tabulates(tmp_path: Path, capsys: pytest
     assert vit["temperature"] == pytest.approx(float(rows["vit_custom"]["temperature"]))
     assert ens["status"].startswith("skipped: needs at least 2")
 
+    # the same ensemble again goes to a new folder: the first one's files are kept as they were
+    first_ens = Path(rows["ensemble"]["run_dir"])
+    ens_files = {p.name: p.read_bytes() for p in first_ens.iterdir() if p.is_file()}
+    assert cli_main(["benchmark", "--data", DATA, "--models", "vit_custom,efficientnet_lite0,ensemble",
+                     "--image-size", "48,efficientnet_lite0=32", "--runs-dir", str(runs_dir),
+                     "--out", str(tmp_path / "bench4"), "--reuse", "--no-calibrate", "--json", *FAST]) == 0
+    again = json.loads(capsys.readouterr().out)["rows"][-1]
+    assert again["status"] == "ok" and again["run_dir"] == f"{first_ens}-2"
+    assert {p.name: p.read_bytes() for p in first_ens.iterdir() if p.is_file()} == ens_files
+
+    # a rerun without --reuse skips every completed run; it leaves the earlier results as they were
+    kept = {name: (out / name).read_bytes() for name in B.RESULT_FILES}
+    assert cli_main(["benchmark", "--data", DATA, "--models", "vit_custom,efficientnet_lite0",
+                     "--image-size", "48,efficientnet_lite0=32", "--runs-dir", str(runs_dir), "--out", str(out),
+                     *FAST]) == 1
+    printed = capsys.readouterr()
+    assert "already holds a completed run" in printed.out and "written:" not in printed.out
+    assert {name: (out / name).read_bytes() for name in B.RESULT_FILES} == kept
+
     # --run scores a given finished run (a shipped checkpoint, say) without training it or writing into it
     import shutil
 

@@ -261,6 +261,95 @@ def test_the_cli_refuses_to_overwrite_a_completed_run(tmp_path: Path, capsys: py
     check_run_folder(run, overwrite=True)  # the way to replace it on purpose
 
 
+def test_overwrite_moves_the_earlier_results_aside(tmp_path: Path) -> None:
+    run = _completed_run(tmp_path / "done")
+    write_json(run / "temperature.json", {"temperature": 3.0})  # fitted to the old weights only
+    (run / "evaluations").mkdir()
+    write_json(run / "evaluations" / "test.json", {"accuracy": 0.9})
+    old = _files(run)
+    train(_config(tmp_path, output_dir=str(run), overwrite=True))
+    (aside,) = run.glob("previous-*")
+    assert {name: old[name] for name in _files(aside)} == _files(aside)  # moved as they were
+    assert {"model.safetensors", "temperature.json", "evaluations/test.json", "metrics.json"} <= set(_files(aside))
+    assert not (run / "temperature.json").exists() and not (run / "evaluations").exists()
+    assert (run / "model.safetensors").read_bytes() != old["model.safetensors"]
+    assert describe_run(run)["ready"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_training_never_writes_into_an_ensemble_or_a_copied_model(tmp_path: Path) -> None:
+    from emotion.jobs import JobError, JobQueue
+    from emotion.runs import save_ensemble
+
+    a, b = save_tiny_run(tmp_path / "a"), save_tiny_run(tmp_path / "b", seed=1)
+    ensemble = save_ensemble(tmp_path / "ens", [a, b])
+    copied = tmp_path / "copied"  # a shipped or downloaded model: weights, config and labels only
+    copied.mkdir()
+    for name in ("model.safetensors", "config.json", "labels.json"):
+        (copied / name).write_bytes((a / name).read_bytes())
+    for folder, match, overwrite in ((ensemble, "holds an ensemble", True),
+                                     (copied, "was not trained here", False)):
+        before = _files(folder)
+        with pytest.raises(Exception, match=match):
+            train(_config(tmp_path, output_dir=str(folder), overwrite=overwrite))
+        with pytest.raises(JobError, match=match):  # the app's Train page queues through here
+            JobQueue(tmp_path / "jobs").submit(_config(tmp_path, output_dir=str(folder), overwrite=overwrite),
+                                               start=False)
+        assert _files(folder) == before
+    check_run_folder(copied, overwrite=True)  # replacing a model on purpose stays possible
+
+
+def test_an_ensemble_is_never_saved_over_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a, b = save_tiny_run(tmp_path / "a"), save_tiny_run(tmp_path / "b", seed=1)
+    before = _files(a)
+    for out in (a, tmp_path):  # a member itself; a folder holding runs
+        assert cli_main(["ensemble", "--runs", f"{a},{b}", "--output-dir", str(out)]) == 2
+        assert "is not empty" in capsys.readouterr().err
+    assert _files(a) == before
+    assert cli_main(["ensemble", "--runs", f"{a},{b}", "--output-dir", str(tmp_path / "ens")]) == 0
+
+
+def test_outputs_that_are_inputs_are_refused_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    photo = tmp_path / "photos" / "face.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(photo)
+    (tmp_path / "photos" / "face-2.png").write_bytes(photo.read_bytes())
+    original = photo.read_bytes()
+    link = tmp_path / "link.png"
+    link.symlink_to(photo)
+    cases = [["predict", str(photo), "--annotate", str(photo)],
+             ["predict", str(photo), "--annotate", str(link)],  # the same file under another name
+             # a folder: numbered outputs face-1.png, face-2.png, and face-2.png is an input
+             ["predict", str(tmp_path / "photos"), "--annotate", str(tmp_path / "photos" / "face.png")],
+             ["explain", str(photo), "--out", str(tmp_path / "photos" / "." / "face.png")]]
+    for argv in cases:
+        assert cli_main(argv) == 2, argv
+        assert "would replace the original" in capsys.readouterr().err, argv
+        assert photo.read_bytes() == original
+
+
+def test_resume_skips_a_checkpoint_cut_off_while_being_saved(tmp_path: Path) -> None:
+    from emotion.training import last_complete_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (4, True), (6, False)):
+        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        (ckpts / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"weights")
+        if complete:
+            (ckpts / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(ckpts) == str(ckpts / "checkpoint-4")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2", "checkpoint-4",
+                                                        "incomplete-checkpoint-6"]
+    assert (ckpts / "incomplete-checkpoint-6" / "model.safetensors").read_bytes() == b"weights"  # kept
+    assert last_complete_checkpoint(tmp_path / "none") is None
+
+
 # ----------------------------------------------------------------------------- 6. smaller cases
 
 def test_a_photo_over_the_pixel_limit_is_told_to_downscale(tmp_path: Path) -> None:
