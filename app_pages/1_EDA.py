@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -142,12 +143,14 @@ with tab_audit:
         bar.empty()
     report = st.session_state.get(key)
     target = paths.exclusion_file(dataset.name)
+    current: list[str] = []
     if target.exists():
         current = load_exclusions(target)
         c1, c2 = st.columns([3, 1])
         c1.info(f"Training leaves out the {len(current)} image(s) listed in `{target}` (Train page).")
         if c2.button("Remove exclusion list", key="eda_drop_exclusions"):
-            target.unlink(missing_ok=True)
+            # kept beside it under another name: runs trained with it can still be traced
+            target.rename(target.with_name(f"{target.stem}.removed-{time.strftime('%Y%m%d-%H%M%S')}.json"))
             st.rerun()
     if report is None:
         st.info("Press **Run audit** to scan every image once: corrupt, blank, duplicate and leaked images.")
@@ -179,8 +182,11 @@ with tab_audit:
         kinds = st.multiselect("Leave out", list(flagged),
                                default=["corrupt", "blank", "leakage", "label_conflicts"])
         candidates = report.exclusion_candidates(kinds) if kinds else []
+        new = {str(Path(c).resolve()) for c in candidates} - set(current)
         st.write(f"{len(candidates)} file(s) would be left out of the **train** split "
-                 "(your files stay where they are).")
+                 "(your files stay where they are)"
+                 + (f"; added to the {len(current)} already listed ({len(new)} new)." if current else "."))
         if st.button("Save exclusion list", disabled=not candidates):
-            path = save_exclusions(target, candidates, reason=", ".join(kinds))
+            # added to the list, never replacing it: it may hold other classes' or another audit's files
+            path = save_exclusions(target, [*current, *candidates], reason=", ".join(kinds))
             st.success(f"Saved to `{path}`; the Train page uses it (or `--exclude-file {path}`).")

@@ -161,6 +161,20 @@ def test_eda_audit_flags_and_saves_an_exclusion_list(tmp_path: Path) -> None:
     train = _page("2_Train", dataset_spec=str(data))
     box = train.checkbox(key="train_exclusions")
     assert not box.disabled and box.value is True
+    # a second save adds to the list (it may hold another audit's files); removing it keeps a copy
+    other = str((data / "angry" / "0.png").resolve())
+    target.write_text(json.dumps({"reason": "by hand", "files": [other]}))
+    at = _page("1_EDA", dataset_spec=str(data))
+    _button(at, "Run audit").click().run()
+    _button(at, "Save exclusion list").click().run()
+    assert not at.exception, at.exception
+    blank = str((data / "sad" / "black.png").resolve())
+    assert json.loads(target.read_text())["files"] == sorted([other, blank])
+    _button(at, "Remove exclusion list").click().run()
+    assert not at.exception, at.exception
+    assert not target.exists()
+    (kept,) = target.parent.glob("faces.removed-*.json")
+    assert len(json.loads(kept.read_text())["files"]) == 2
 
 
 # ----------------------------------------------------------------------------- Train
