@@ -43,7 +43,7 @@ from emotion.data.sources import (
 from emotion.data.transforms import build_transform
 from emotion.face_crops import crop_dataset
 from emotion.faces import crop_config_for
-from emotion.fileio import utc_now
+from emotion.fileio import read_json_or_none, utc_now
 from emotion.metrics import (
     DEFAULT_BINS,
     TEMPERATURE_BOUNDS,
@@ -277,8 +277,30 @@ def fit_run_temperature(run: Union[str, Path, runs.LoadedRun], data: Union[str, 
     logger.info("temperature %.3f on %d validation images (NLL %.4f -> %.4f)", temperature, len(ds),
                 record["nll_before"], record["nll_after"])
     if save:
+        _keep_a_temperature_fitted_elsewhere(run.path, record["fitted_on"])
         _write_into_run(run.path, runs.TEMPERATURE_FILE, record)
     return record
+
+
+def _keep_a_temperature_fitted_elsewhere(run_dir: Path, fitted_on: dict) -> None:
+    """Rename a stored temperature fitted on other images to ``temperature.previous-<time>.json``.
+
+    Why: the stored temperature changes every prediction the run makes; one
+    fitted on other data (another dataset, another seed) is a choice someone
+    made, so a new fit keeps it beside itself instead of erasing it.
+    """
+    path = run_dir / runs.TEMPERATURE_FILE
+    old = read_json_or_none(path)
+    if not isinstance(old, dict) or old.get("fitted_on") == fitted_on:
+        return
+    kept = path.with_name(f"temperature.previous-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json")
+    try:
+        path.rename(kept)
+    except OSError as exc:  # a read-only shipped model: the write after this warns as well
+        logger.debug("kept %s in place (%s)", path, exc)
+        return
+    logger.warning("the earlier temperature (%s, fitted on %s) was kept as %s", old.get("temperature"),
+                   (old.get("fitted_on") or {}).get("data"), kept.name)
 
 
 def evaluate_run(run: Union[str, Path, runs.LoadedRun], data: Union[str, Path, DatasetSplits],

@@ -246,6 +246,15 @@ def test_ensemble_of_two_runs_evaluates_through_the_cli(two_runs: tuple[Path, Pa
     assert json.loads(saved.read_text())["macro_f1"] == result["macro_f1"]
     temperature = read_json(ens / "temperature.json")
     assert temperature["temperature"] > 0 and temperature["fitted_on"]["split"].startswith("stratified")
+    # refitting on the same images replaces it; a fit on other images keeps the earlier one beside it
+    refit = E.fit_run_temperature(ens, DATA)
+    assert not list(ens.glob("temperature.previous-*.json"))
+    assert refit["fitted_on"] == temperature["fitted_on"]
+    other = E.fit_run_temperature(ens, "synthetic:n=30,test=6,size=48")  # another dataset
+    assert other["fitted_on"] != refit["fitted_on"]
+    (kept,) = ens.glob("temperature.previous-*.json")
+    assert read_json(kept) == json.loads(json.dumps(refit))  # the seed-0 fit, as it was stored
+    assert read_json(ens / "temperature.json")["fitted_on"] == other["fitted_on"]
 
     # the readable table for a single run, reordered classes are mapped onto the run's order
     argv = ["evaluate", "--run", str(a), "--data", DATA, "--classes", "sad,angry,happy", "--no-save"]
