@@ -105,13 +105,7 @@ def create_ensemble(members: Sequence[Union[str, Path]], output_dir: Union[str, 
     if len(members) < 2:
         raise ModelError(f"an ensemble needs at least 2 runs, got {len(members)}: pass --runs A,B")
     output_dir = Path(output_dir)
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        # its config.json and labels.json would replace a run's own (a member's, even), and any
-        # temperature or evaluations left there would then describe the wrong model
-        raise runs.RunError(f"{output_dir} is not empty; an ensemble is saved into a new or empty folder: "
-                       "choose another --output-dir")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise runs.RunError(f"{output_dir} is a file; choose a folder name for --output-dir")
+    _check_output_dir(output_dir)
     fit = None
     if fit_data is not None:
         if weights is not None:
@@ -139,6 +133,7 @@ def create_ensemble(members: Sequence[Union[str, Path]], output_dir: Union[str, 
         weights = fit["weights"]
         logger.info("ensemble weights %s (%s)", [round(w, 3) for w in weights], fit["method"])
     sources = members
+    _check_output_dir(output_dir)  # again: the fit takes minutes, and another tab may have used the name
     if pack:
         members = pack_members(members, output_dir, half)
     out = runs.save_ensemble(output_dir, members, list(weights) if weights is not None else None)
@@ -158,6 +153,19 @@ def create_ensemble(members: Sequence[Union[str, Path]], output_dir: Union[str, 
     runs.write_json(out / runs.CONFIG_FILE, config)
     return {"run_dir": str(out), "members": [str(m) for m in members], "weights": config["weights"],
             "weights_fit": config["weights_fit"]}
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """An ensemble goes into a new or empty folder only.
+
+    Its config.json and labels.json would replace a run's own (a member's, even),
+    and a temperature or evaluations left there would then describe the wrong model.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise runs.RunError(f"{output_dir} is a file; choose a folder name for --output-dir")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        raise runs.RunError(f"{output_dir} is not empty; an ensemble is saved into a new or empty folder: "
+                            "choose another --output-dir")
 
 
 # what a packed member keeps of its run folder (checkpoints, logs and evaluations stay behind)
