@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -211,7 +212,8 @@ def pack_members(members: Sequence[Union[str, Path]], output_dir: Union[str, Pat
         os.chmod(staging, default_dir_mode())  # readers (the app) may run as another user
         copies = []
         for i, src in enumerate(sources, 1):
-            dst = staging / f"{i:02d}-{src.resolve().name}"
+            # a member of a packed ensemble is already called NN-name: number it afresh, not NN-NN-name
+            dst = staging / f"{i:02d}-{re.sub(r'^[0-9]{2}-', '', src.resolve().name)}"
             dst.mkdir()
             for name in MEMBER_FILES:
                 if not (src / name).is_file():

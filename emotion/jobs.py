@@ -62,7 +62,7 @@ from emotion import paths
 from emotion.fileio import read_json_or_none, utc_now, write_json
 from emotion.processes import proc_stat, reap
 from emotion.progress import LOG_TAIL_LINES, progress_summary, read_progress, tail
-from emotion.run_files import STATUS_FILE, TRAIN_LOG_FILE
+from emotion.run_files import STATUS_FILE, TRAIN_LOG_FILE, training_target_problem
 
 try:  # POSIX
     import fcntl
@@ -288,14 +288,10 @@ class JobQueue:
         """Queue a training run of ``config`` (a ``TrainConfig``); it starts when a slot is free."""
         run_dir = Path(config.output_dir).expanduser().resolve()
         fields = {**config.to_dict(), "output_dir": str(run_dir)}
-        # these import torch: only where a run is queued, never in the supervisor
-        from emotion.runs import RunError
-        from emotion.training import check_run_folder
-
-        try:  # the checks `emotion train` makes, before queueing: an ensemble or a copied model is no target
-            check_run_folder(run_dir, overwrite=bool(getattr(config, "overwrite", False)))
-        except RunError as exc:  # JobError is what the Train page and the CLI report
-            raise JobError(str(exc)) from None
+        # the checks `emotion train` makes, before queueing: an ensemble or a copied model is no target
+        problem = training_target_problem(run_dir, overwrite=bool(getattr(config, "overwrite", False)))
+        if problem:
+            raise JobError(problem)
         env = {k: v for k, v in os.environ.items() if k.startswith(KEPT_ENV_PREFIXES)}
         with self._locked() as doc:
             clash = [r["id"] for r in doc["jobs"] if r["state"] in ACTIVE and Path(r["run_dir"]) == run_dir]

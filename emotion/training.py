@@ -40,11 +40,12 @@ from emotion.config import TrainConfig
 from emotion.data.transforms import build_transform
 from emotion.face_crops import crop_dataset
 from emotion.faces import crop_config_for
-from emotion.fileio import read_json_or_none, utc_now
+from emotion.fileio import utc_now
 from emotion.models import create_model
 from emotion.models.registry import count_parameters, logits_of
 from emotion.models.weights import SCRATCH
 from emotion.progress import SuspensionClock
+from emotion.run_files import training_target_problem
 
 logger = logging.getLogger(__name__)
 
@@ -292,9 +293,6 @@ def train(config: TrainConfig, extra_callbacks: Optional[list] = None) -> dict[s
             raise
 
 
-# What a run folder holds: any of these marks a folder as a run's (the job queue writes train.log first).
-RUN_MARKERS = (runs.STATUS_FILE, runs.CONFIG_FILE, runs.TRAIN_CONFIG_FILE, runs.PROGRESS_FILE, runs.TRAIN_LOG_FILE,
-               runs.RUN_LOCK_FILE, "checkpoints")
 # Files this module writes before any result exists; removed again when such a run fails at once.
 _EARLY_FILES = (runs.STATUS_FILE, runs.RUN_LOCK_FILE, runs.PROGRESS_FILE, runs.TRAIN_CONFIG_FILE)
 
@@ -302,41 +300,16 @@ _EARLY_FILES = (runs.STATUS_FILE, runs.RUN_LOCK_FILE, runs.PROGRESS_FILE, runs.T
 def check_run_folder(run_dir: Path, overwrite: bool = False) -> None:
     """Refuse to train into ``run_dir`` when that would replace a completed run or mix with other files.
 
-    A completed run is replaced only with ``overwrite``; a folder that holds
-    files but is no run folder (your home, the repository, the runs folder
-    itself) is never trained into.
+    The rules are :func:`emotion.run_files.training_target_problem`'s (the job queue asks them too).
     """
-    if not run_dir.is_dir():
-        if run_dir.exists():
-            raise runs.RunError(f"{run_dir} is a file, not a run folder: choose another --output-dir")
-        return
-    spec = read_json_or_none(run_dir / runs.CONFIG_FILE)
-    if isinstance(spec, dict) and spec.get("model") == "ensemble":
-        raise runs.RunError(f"{run_dir} holds an ensemble; training never writes into one (its members and "
-                            "weights would be mixed with the new run): choose another --output-dir or "
-                            "--run-name")
-    status = read_json_or_none(run_dir / runs.STATUS_FILE)
-    has_weights = (run_dir / runs.WEIGHTS_FILE).exists()
-    completed = (isinstance(status, dict) and status.get("state") == "completed") or (
-        has_weights and (run_dir / runs.METRICS_FILE).exists())
-    # weights that no training of ours left here (a copied, restricted or shipped model): a finished model
-    foreign_model = has_weights and not (run_dir / runs.TRAIN_CONFIG_FILE).exists()
-    if (completed or foreign_model) and not overwrite:
-        what = "a completed run" if completed else f"a model ({runs.WEIGHTS_FILE}) that was not trained here"
-        raise runs.RunError(f"{run_dir} already holds {what}; choose another --output-dir or "
-                            "--run-name, or pass --overwrite to replace it")
-    if any((run_dir / marker).exists() for marker in RUN_MARKERS):
-        return
-    others = sorted(p.name for p in run_dir.iterdir())
-    if others:
-        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-        raise runs.RunError(f"{run_dir} is not a run folder and is not empty ({shown}): training writes and "
-                            "deletes files in its run folder, so choose a new or empty --output-dir")
+    problem = training_target_problem(run_dir, overwrite)
+    if problem:
+        raise runs.RunError(problem)
 
 
 # what a finished run leaves besides its checkpoints; --overwrite moves these aside before training again
-REPLACED_RESULTS = (runs.WEIGHTS_FILE, runs.CONFIG_FILE, runs.LABELS_FILE, runs.METRICS_FILE, runs.HISTORY_FILE,
-                    runs.TEMPERATURE_FILE, runs.PROGRESS_FILE, "evaluations", "README.md")
+REPLACED_RESULTS = (runs.WEIGHTS_FILE, runs.CONFIG_FILE, runs.LABELS_FILE, runs.METRICS_FILE,
+                    runs.HISTORY_FILE, runs.TEMPERATURE_FILE, runs.PROGRESS_FILE, "evaluations", "README.md")
 
 
 def set_aside_results(run_dir: Path) -> Optional[Path]:

@@ -91,6 +91,9 @@ def test_packing_keeps_the_framing_hint_and_never_overwrites(members: list[Path]
     assert not list((tmp_path / "ens").glob(".members.*"))  # no staging folder left
     with pytest.raises(ModelError, match="is itself an ensemble"):
         pack_members([tmp_path / "ens", members[0]], tmp_path / "nested")
+    # members of a packed ensemble packed again are numbered afresh (01-b, not 01-02-b)
+    repacked = pack_members([tmp_path / "ens" / "members" / "02-b", members[0]], tmp_path / "repacked")
+    assert [p.name for p in repacked] == ["01-b", "02-a"]
     with pytest.raises(ValueError, match="needs pack=True"):
         create_ensemble(members, tmp_path / "half-only", half=True)
     assert main(["ensemble", "--runs", ",".join(map(str, members)), "--output-dir",
