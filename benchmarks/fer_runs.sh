@@ -10,6 +10,10 @@ OUT=${OUT:-checkpoints/runs}
 # then the first member packed inside the three-network default (default_ensemble was run with
 # DISTILLED=checkpoints/default, before the ensemble replaced it).
 DISTILLED=${DISTILLED:-checkpoints/default/members/01-default}
+# The 7-class Lite0 (8 + 12 epochs): checkpoints/fer7 from 2026-12-02 to 2026-12-08, since then the first member
+# packed (as float16) inside the two-network checkpoints/fer7. The recipes below that used checkpoints/fer7
+# ran while it was this network.
+FER7_LITE0=${FER7_LITE0:-checkpoints/fer7/members/01-fer7}
 run() { python -m emotion train --data "$DATA" --classes angry,happy,sad --output-dir "$OUT/fer3-$1" --model "$@"; }
 # The augmentation that makes FER2013's soft 48 px crops look more like photos (docs/TRAINING.md).
 PHOTO_AUG=(--crop-scale-min 0.6 --rotation-degrees 15 --blur-sharpen 0.3 --erasing 0.25)
@@ -21,7 +25,7 @@ ensemble() {
 }
 # The shipped 7-class model's angry/happy/sad rows as a 3-class run (once).
 restricted_fer7() {
-  [ -f "$OUT/fer7-as-fer3/config.json" ] || python benchmarks/restrict_classes.py checkpoints/fer7 \
+  [ -f "$OUT/fer7-as-fer3/config.json" ] || python benchmarks/restrict_classes.py "$FER7_LITE0" \
       --classes angry,happy,sad --validate-like "$DISTILLED" --out "$OUT/fer7-as-fer3"
 }
 # fer7 OUT ARG...: efficientnet_lite0 on all seven classes at 96 px with the photo-like augmentation, into
@@ -83,7 +87,7 @@ for model in "${models[@]}"; do
     # same augmentation and exclusions (its validation accuracy was still rising when the 8 epochs ended).
     efficientnet_lite0_fer7_long)
                            fer7 fer7-efficientnet_lite0-96-long --epochs 12 --learning-rate 3e-4 --warmup-ratio 0.03 \
-                               --early-stopping-patience 4 --pretrained checkpoints/fer7 ;;
+                               --early-stopping-patience 4 --pretrained checkpoints/fer7 ;;  # the 8-epoch model of then
     # A larger 7-class network: EfficientNet-Lite1 at 112 px from its ImageNet weights, 12 epochs with the
     # photo-like augmentation, same exclusions and seed as the Lite0 7-class runs (docs/TRAINING.md).
     efficientnet_lite1_fer7)
@@ -95,7 +99,7 @@ for model in "${models[@]}"; do
     # cosine schedule at lr 2e-4, same augmentation, exclusions and seed.
     efficientnet_lite0_fer7_long2)
                            fer7 fer7-efficientnet_lite0-96-long2 --epochs 8 --learning-rate 2e-4 --warmup-ratio 0.03 \
-                               --early-stopping-patience 3 --pretrained checkpoints/fer7 ;;
+                               --early-stopping-patience 3 --pretrained "$FER7_LITE0" ;;
     # The shipped 7-class model's angry/happy/sad rows (trained on 28k images, the 3-class validation
     # images left out) as the starting point, fine-tuned on the 3 classes for 6 epochs with the photo-like
     # augmentation while distilling the ensemble of the default and that restricted model.
@@ -126,13 +130,13 @@ for model in "${models[@]}"; do
     # weights fitted on the 7-class validation images (docs/TRAINING.md, "A third 7-class stage").
     fer7_ensemble)
                            [ -f "$OUT/ens-fer7+long2/config.json" ] || python -m emotion ensemble \
-                               --runs "checkpoints/fer7,$OUT/fer7-efficientnet_lite0-96-long2" \
+                               --runs "$FER7_LITE0,$OUT/fer7-efficientnet_lite0-96-long2" \
                                --output-dir "$OUT/ens-fer7+long2" --fit-weights --data "$DATA" --pack --half ;;
     # The Lite1 7-class run and the shipped 7-class model as one packed ensemble, weights fitted on the
     # 7-class validation images (docs/TRAINING.md, "A larger 7-class network", second rule).
     fer7_lite1_ensemble)
                            [ -f "$OUT/ens-fer7+lite1/config.json" ] || python -m emotion ensemble \
-                               --runs "checkpoints/fer7,$OUT/fer7-efficientnet_lite1-112" \
+                               --runs "$FER7_LITE0,$OUT/fer7-efficientnet_lite1-112" \
                                --output-dir "$OUT/ens-fer7+lite1" --fit-weights --data "$DATA" --pack --half ;;
     # The default's three networks with the restricted Lite0 7-class member swapped for the Lite1 7-class
     # run's angry/happy/sad rows (docs/TRAINING.md, "A larger 7-class network", third rule).
