@@ -148,6 +148,15 @@ for model in "${models[@]}"; do
                                --runs "$DISTILLED,$OUT/fer7lite1-as-fer3,checkpoints/default/members/03-fer3-efficientnet_lite1-112-distill" \
                                --output-dir "$OUT/ens3-lite1fer7" --fit-weights --data "$DATA" \
                                --classes angry,happy,sad --pack --half ;;
+    # One network with the three-network default's knowledge: the default's Lite1 member (3 classes, 112 px)
+    # trained 6 more epochs at lr 2e-4 with the photo-like augmentation, distilling the default itself
+    # (docs/TRAINING.md, "One network taught by the default").
+    efficientnet_lite1_112_distill3)
+                           run efficientnet_lite1 --image-size 112 --epochs 6 --batch-size 64 --learning-rate 2e-4 \
+                               --warmup-ratio 0.05 --early-stopping-patience 3 "${PHOTO_AUG[@]}" \
+                               --distill-from checkpoints/default --distill-weight 0.5 --distill-temperature 2 \
+                               --pretrained checkpoints/default/members/03-fer3-efficientnet_lite1-112-distill \
+                               --output-dir "$OUT/fer3-efficientnet_lite1-112-distill3" ;;
     efficientnet_lite0_7to3) run efficientnet_lite0 --image-size 96 --epochs 4 --batch-size 64 \
                            --learning-rate 3e-4 --warmup-ratio 0.1 --early-stopping-patience 3 \
                            --pretrained "$OUT/fer7-efficientnet_lite0-96" \
