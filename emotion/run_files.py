@@ -23,6 +23,8 @@ TRAIN_CONFIG_FILE = "train_config.json"
 TEMPERATURE_FILE = "temperature.json"  # fitted on validation images (evaluate --fit-temperature)
 RUN_LOCK_FILE = ".train.lock"  # held (flock) by the training process for as long as it runs
 TRAIN_LOG_FILE = "train.log"  # a background job's stdout and stderr
+# the --exclude-file list as training read it (the original may change later)
+EXCLUSIONS_COPY_FILE = "exclusions.json"
 
 # What a run folder holds: any of these marks a folder as a run's (the job queue writes train.log first).
 RUN_MARKERS = (STATUS_FILE, CONFIG_FILE, TRAIN_CONFIG_FILE, PROGRESS_FILE, TRAIN_LOG_FILE, RUN_LOCK_FILE,

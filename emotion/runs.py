@@ -24,6 +24,7 @@ from emotion.models.ensemble import EnsembleModel, ensemble_config
 from emotion.processes import recorded_process_alive
 from emotion.run_files import (  # noqa: F401  (the names every caller reads as runs.CONFIG_FILE etc.)
     CONFIG_FILE,
+    EXCLUSIONS_COPY_FILE,
     HISTORY_FILE,
     LABELS_FILE,
     METRICS_FILE,
@@ -199,7 +200,11 @@ def train_config_of(spec: dict, run_dir: Path) -> dict:
     if spec.get("model") == "ensemble":
         members = member_dirs(run_dir, spec)
         return train_config_of(read_json(members[0] / CONFIG_FILE), members[0]) if members else {}
-    return dict(spec.get("train_config") or {})
+    config = dict(spec.get("train_config") or {})
+    frozen = Path(run_dir) / EXCLUSIONS_COPY_FILE
+    if config.get("exclude_file") and frozen.is_file():  # the list as training read it, not as it is now
+        config["exclude_file"] = str(frozen)
+    return config
 
 
 def trained_on_grayscale(spec: dict, run_dir: Path) -> bool:

@@ -309,7 +309,8 @@ def check_run_folder(run_dir: Path, overwrite: bool = False) -> None:
 
 # what a finished run leaves besides its checkpoints; --overwrite moves these aside before training again
 REPLACED_RESULTS = (runs.WEIGHTS_FILE, runs.CONFIG_FILE, runs.LABELS_FILE, runs.METRICS_FILE,
-                    runs.HISTORY_FILE, runs.TEMPERATURE_FILE, runs.PROGRESS_FILE, "evaluations", "README.md")
+                    runs.HISTORY_FILE, runs.TEMPERATURE_FILE, runs.PROGRESS_FILE, runs.EXCLUSIONS_COPY_FILE,
+                    "evaluations", "README.md")
 
 
 def set_aside_results(run_dir: Path) -> Optional[Path]:
@@ -534,6 +535,11 @@ def _train(config: TrainConfig, run_dir: Path, extra_callbacks: list) -> dict[st
     )
     if trainer.is_world_process_zero():
         runs.write_json(run_dir / TRAIN_CONFIG_FILE, config.to_dict())
+        excluded = Path(config.exclude_file) if config.exclude_file else None
+        if excluded is not None and excluded.is_file() and not last:
+            # the list may grow or vanish later (the EDA page adds to it); evaluation, calibration and
+            # ensemble fits must find the validation images this training held out, so keep it as read
+            runs.write_json(run_dir / runs.EXCLUSIONS_COPY_FILE, runs.read_json(excluded))
     start = time.monotonic()
     with SuspensionClock() as suspension:
         result = trainer.train(resume_from_checkpoint=last)

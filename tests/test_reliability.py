@@ -334,6 +334,26 @@ def test_outputs_that_are_inputs_are_refused_before_anything_is_written(
         assert photo.read_bytes() == original
 
 
+def test_a_run_keeps_the_exclusion_list_it_trained_with(tmp_path: Path) -> None:
+    from emotion.evaluation import load_eval_data
+    from emotion.data.sources import save_exclusions
+
+    data = make_class_folders(tmp_path / "faces", {"angry": 10, "happy": 10, "sad": 10})
+    listed = save_exclusions(tmp_path / "exclusions" / "faces.json", [data / "sad" / "0.png"], reason="blank")
+    config = _config(tmp_path, model="vit_custom", from_scratch=True, image_size=32, data=str(data),
+                     exclude_file=str(listed))
+    train(config)
+    run = load_run(Path(config.output_dir))
+    val_before = [s.path for s in load_eval_data(run, str(data), "val").samples]
+    # the EDA page adds to the list later, then it is removed: the run's validation images stay the same
+    more = sorted((data / "happy").glob("*.png"))[:4]
+    save_exclusions(listed, [data / "sad" / "0.png", *more], reason="more")
+    assert [s.path for s in load_eval_data(run, str(data), "val").samples] == val_before
+    listed.unlink()
+    assert [s.path for s in load_eval_data(run, str(data), "val").samples] == val_before
+    assert read_json(run.path / "exclusions.json")["files"] == [str((data / "sad" / "0.png").resolve())]
+
+
 def test_resume_skips_a_checkpoint_cut_off_while_being_saved(tmp_path: Path) -> None:
     from emotion.training import last_complete_checkpoint
 
