@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ import streamlit as st
 from emotion import eda, paths
 from emotion.audit import audit_dataset
 from emotion.data.sources import DatasetSplits, load_exclusions, save_exclusions
+from emotion.fileio import unused_path, utc_stamp
 from ui.charts import counts_figure
 from ui.state import dataset_key, dataset_sidebar
 
@@ -150,7 +150,7 @@ with tab_audit:
         c1.info(f"Training leaves out the {len(current)} image(s) listed in `{target}` (Train page).")
         if c2.button("Remove exclusion list", key="eda_drop_exclusions"):
             # kept beside it under another name: runs trained with it can still be traced
-            target.rename(target.with_name(f"{target.stem}.removed-{time.strftime('%Y%m%d-%H%M%S')}.json"))
+            target.rename(unused_path(target.with_name(f"{target.stem}.removed-{utc_stamp()}.json")))
             st.rerun()
     if report is None:
         st.info("Press **Run audit** to scan every image once: corrupt, blank, duplicate and leaked images.")

@@ -43,7 +43,7 @@ from emotion.data.sources import (
 from emotion.data.transforms import build_transform
 from emotion.face_crops import crop_dataset
 from emotion.faces import crop_config_for
-from emotion.fileio import read_json_or_none, utc_now
+from emotion.fileio import read_json_or_none, unused_path, utc_now, utc_stamp
 from emotion.metrics import (
     DEFAULT_BINS,
     TEMPERATURE_BOUNDS,
@@ -293,7 +293,7 @@ def _keep_a_temperature_fitted_elsewhere(run_dir: Path, fitted_on: dict) -> None
     old = read_json_or_none(path)
     if not isinstance(old, dict) or old.get("fitted_on") == fitted_on:
         return
-    kept = path.with_name(f"temperature.previous-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json")
+    kept = unused_path(path.with_name(f"temperature.previous-{utc_stamp()}.json"))
     try:
         path.rename(kept)
     except OSError as exc:  # a read-only shipped model: the write after this warns as well

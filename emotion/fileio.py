@@ -122,6 +122,25 @@ def read_json_or_none(path: Path) -> Any:
         return None
 
 
+def utc_stamp() -> str:
+    """The current UTC time for a file name (``20261208-013005``): when something was set aside."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def unused_path(path: Path) -> Path:
+    """``path``, or ``NAME-2.EXT``, ``NAME-3.EXT``... if it exists: where to move something aside to.
+
+    Why: a rename onto an existing file replaces it, so setting one thing aside
+    must never land on another that was set aside before.
+    """
+    path = Path(path)
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 def utc_now() -> str:
     """The current UTC time as ISO 8601 to the second: the timestamp every written record carries."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

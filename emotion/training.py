@@ -40,7 +40,7 @@ from emotion.config import TrainConfig
 from emotion.data.transforms import build_transform
 from emotion.face_crops import crop_dataset
 from emotion.faces import crop_config_for
-from emotion.fileio import utc_now
+from emotion.fileio import unused_path, utc_now, utc_stamp
 from emotion.models import create_model
 from emotion.models.registry import count_parameters, logits_of
 from emotion.models.weights import SCRATCH
@@ -324,11 +324,7 @@ def set_aside_results(run_dir: Path) -> Optional[Path]:
     present = [run_dir / name for name in REPLACED_RESULTS if (run_dir / name).exists()]
     if not present:
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    aside, n = run_dir / f"previous-{stamp}", 1
-    while aside.exists():
-        n += 1
-        aside = run_dir / f"previous-{stamp}-{n}"
+    aside = unused_path(run_dir / f"previous-{utc_stamp()}")
     aside.mkdir()
     for path in present:
         path.rename(aside / path.name)
@@ -374,11 +370,7 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Optional[str]:
     for _, folder in found:
         if (folder / _CHECKPOINT_COMPLETE_FILE).is_file():
             return str(folder)
-        aside = folder.with_name(f"incomplete-{folder.name}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = folder.with_name(f"incomplete-{folder.name}-{n}")
+        aside = unused_path(folder.with_name(f"incomplete-{folder.name}"))
         folder.rename(aside)
         logger.warning("%s was cut off while being saved (no %s): moved it to %s and resuming from the "
                        "checkpoint before it", folder, _CHECKPOINT_COMPLETE_FILE, aside.name)
