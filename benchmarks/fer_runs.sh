@@ -157,6 +157,13 @@ for model in "${models[@]}"; do
                                --distill-from checkpoints/default --distill-weight 0.5 --distill-temperature 2 \
                                --pretrained checkpoints/default/members/03-fer3-efficientnet_lite1-112-distill \
                                --output-dir "$OUT/fer3-efficientnet_lite1-112-distill3" ;;
+    # The default with its third member swapped for the network the default itself taught (above); the
+    # rule that decides it is in docs/TRAINING.md, "One network taught by the default".
+    default_ensemble_distill3)
+                           [ -f "$OUT/ens3-distill3/config.json" ] || python -m emotion ensemble \
+                               --runs "$DISTILLED,checkpoints/default/members/02-fer7lite1-as-fer3,$OUT/fer3-efficientnet_lite1-112-distill3" \
+                               --output-dir "$OUT/ens3-distill3" --fit-weights --data "$DATA" \
+                               --classes angry,happy,sad --pack --half ;;
     efficientnet_lite0_7to3) run efficientnet_lite0 --image-size 96 --epochs 4 --batch-size 64 \
                            --learning-rate 3e-4 --warmup-ratio 0.1 --early-stopping-patience 3 \
                            --pretrained "$OUT/fer7-efficientnet_lite0-96" \
