@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from emotion.data.sources import DatasetError
+from emotion.fileio import keep_earlier
 from emotion.images import ImageLoadError
 
 logger = logging.getLogger("emotion")
@@ -527,6 +528,7 @@ def _predict_image_input(args: argparse.Namespace, predictor, about: dict, path:
         rows.write(prediction_rows(str(path), result))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
+        keep_earlier(out)
         predictor.annotate(img, result).save(out)
         logger.info("annotated %s -> %s", path, out)
     if args.json:
@@ -730,6 +732,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if faces and not 0 <= index < len(faces):
             raise ConfigError(f"--face {index}: {len(faces)} face(s) found, numbered from 0")
         picture, info = patch_grid(predictor, predictor.crop(img, faces[index] if faces else None))
+        keep_earlier(out)
         picture.save(out)
         print(json.dumps({"method": "patches", **info, "out": str(out)}) if args.json else
               f"{info['grid'][0]}x{info['grid'][1]} patches of {info['patch_pixels'][0]} px plus "
@@ -740,6 +743,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                }.get(args.method, {})
     result = explain_face(predictor, img, args.method, face=args.face, target=args.target,
                           road=not args.no_road, road_percentiles=percentiles, **options)
+    keep_earlier(out)
     result.figure().save(out)
     if args.json:
         print(json.dumps({**result.to_dict(), "image": args.image, "out": str(out), **predictor.describe()}))

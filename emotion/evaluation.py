@@ -18,6 +18,7 @@ never used for fitting anything.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -239,6 +240,29 @@ def _as_run(run: Union[str, Path, runs.LoadedRun]) -> runs.LoadedRun:
     return run if isinstance(run, runs.LoadedRun) else runs.load_run(run)
 
 
+def _evaluation_file_name(run_dir: Path, data_name: str, root: Optional[str], split: str, tta: bool) -> str:
+    """``<data>-<split>[-tta].json``; when that file holds another folder's result of the same name
+    (two ``test`` folders, say), ``<data>-<hash of the folder>-<split>.json``, so neither replaces the other.
+
+    A re-evaluation of the same folder replaces its own earlier result (it is regenerated, not lost).
+    """
+    tail = f"{split}{'-tta' if tta else ''}.json"
+    plain = f"{slug(data_name)}-{tail}"
+    held = read_json_or_none(run_dir / EVALUATIONS_DIR / plain)
+    held_root = ((held or {}).get("data") or {}).get("root") if isinstance(held, dict) else None
+    if held is None or root is None or held_root is None or _same_folder(held_root, root):
+        return plain
+    digest = hashlib.sha1(str(Path(root).resolve()).encode("utf-8")).hexdigest()[:8]
+    return f"{slug(data_name)}-{digest}-{tail}"
+
+
+def _same_folder(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return a == b
+
+
 def _write_into_run(run_dir: Path, relative: str, data: Any) -> Optional[Path]:
     """Store a result in the run folder; a read-only folder (a shipped model) is a warning, not a failure."""
     path = run_dir / relative
@@ -358,7 +382,7 @@ def evaluate_run(run: Union[str, Path, runs.LoadedRun], data: Union[str, Path, D
     result["notes"] = notes
     result["created"] = utc_now()
     if save:
-        name = f"{slug(ev.splits.name)}-{split}{'-tta' if tta else ''}.json"
+        name = _evaluation_file_name(run.path, ev.splits.name, result["data"]["root"], split, tta)
         saved = _write_into_run(run.path, f"{EVALUATIONS_DIR}/{name}", result)
         result["saved_to"] = str(saved) if saved else None
     return result

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from emotion import runs
-from emotion.fileio import atomic_write
+from emotion.fileio import atomic_write, keep_earlier
 from emotion.inference import Predictor, PredictorConfig
 from emotion.onnx_backend import INPUT_NAME, OUTPUT_NAME, ExportError, OnnxClassifier, checked_export, weights_digest
 
@@ -51,7 +51,8 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path]) -> dict[str, An
     """Write ``run_dir``'s network as an ONNX file with its metadata; checked before it is kept.
 
     Returns what was written (path, bytes, the measured difference to PyTorch,
-    the metadata).  An existing ``out`` is only replaced by a checked file.
+    the metadata).  An existing ``out`` is only set aside (``NAME.previous-<time>.onnx``) once the new
+    file has been checked.
     """
     out = Path(out)
     if out.suffix.lower() != ".onnx":
@@ -61,6 +62,7 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path]) -> dict[str, An
     loaded = runs.load_run(run_dir)
     metadata = run_metadata(loaded)
     model_bytes, _, diff = checked_export(loaded.module, loaded.config.input_size, metadata)
+    keep_earlier(out)
     atomic_write(out, lambda tmp: tmp.write_bytes(model_bytes))
     logger.info("wrote %s (%.1f MB; probabilities within %.1e of PyTorch)", out, len(model_bytes) / 1e6, diff)
     return {"out": str(out), "bytes": len(model_bytes), "max_probability_difference": diff,

@@ -11,6 +11,7 @@ and no temporary debris.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -139,6 +140,25 @@ def unused_path(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return candidate
+
+
+def keep_earlier(path: Path) -> Optional[Path]:
+    """Move a non-empty file at ``path`` to ``NAME.previous-<time>.EXT`` before an output replaces it.
+
+    Why: an output name typed twice (``--out rows.csv``, ``--annotate out.png``)
+    must not destroy the earlier result or an unrelated file of that name.
+    Returns where it went, or None when there was nothing to keep.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+    except OSError:
+        return None
+    kept = unused_path(path.with_name(f"{path.stem}.previous-{utc_stamp()}{path.suffix}"))
+    os.replace(path, kept)
+    logging.getLogger(__name__).warning("%s existed: the earlier file was kept as %s", path, kept.name)
+    return kept
 
 
 def utc_now() -> str:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TextIO
 
 from PIL import Image
 
+from emotion.fileio import keep_earlier
 from emotion.images import IMAGE_EXTENSIONS, ImageLoadError, regular_file_problem
 from emotion.inference import ImagePrediction, Predictor
 from emotion.video import VideoConfig, VideoPredictor
@@ -341,6 +342,7 @@ class AnnotatedVideoWriter:
         import av
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        keep_earlier(self.path)
         self._container = av.open(str(self.path), "w")
         stream = self._container.add_stream(self.codec, rate=self.fps)
         formats = [f.name for f in (stream.codec_context.codec.video_formats or [])]
@@ -501,10 +503,12 @@ class RowWriter:
 
     @classmethod
     def open(cls, path: Union[str, Path], labels: Sequence[str], fmt: Optional[str] = None) -> "RowWriter":
-        """A writer on a new file at ``path`` (parent folders made); format from ``fmt`` or the extension."""
+        """A writer on a new file at ``path`` (parent folders made; a file already there is kept aside, see
+        :func:`emotion.fileio.keep_earlier`); format from ``fmt`` or the extension."""
         kind = row_format(path, fmt)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        keep_earlier(path)
         writer = cls(open(path, "w", newline="", encoding="utf-8"), labels, kind)  # noqa: SIM115 - closed by close()
         writer._owned = True
         return writer

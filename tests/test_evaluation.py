@@ -302,6 +302,24 @@ def test_split_all_scores_every_image_of_a_one_folder_set(two_runs: tuple[Path, 
     assert sum(json.loads(capsys.readouterr().out)["data"]["counts"].values()) == 3  # the 20 % test share
 
 
+def test_two_folders_of_the_same_name_keep_their_own_saved_results(two_runs: tuple[Path, Path], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Two ``faces`` folders in different places: the second evaluation must not replace the first's file."""
+    a, _ = two_runs
+    first = make_class_folders(tmp_path / "one" / "faces", {"angry": 2, "happy": 2, "sad": 2})
+    second = make_class_folders(tmp_path / "two" / "faces", {"angry": 3, "happy": 3, "sad": 3}, seed=1)
+    saved = {}
+    for folder in (first, second, first):  # the third call re-scores the first folder in place
+        assert cli_main(["evaluate", "--run", str(a), "--data", str(folder), "--split", "all", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        saved.setdefault(str(folder), set()).add(result["saved_to"])
+    (path_one,), (path_two,) = saved[str(first)], saved[str(second)]
+    assert path_one != path_two and Path(path_one).name == "faces-all.json"
+    on_disk = {read_json(Path(p))["data"]["root"]: sum(read_json(Path(p))["data"]["counts"].values())
+               for p in (path_one, path_two)}
+    assert on_disk == {str(first): 6, str(second): 9}
+
+
 def test_evaluating_the_shipped_model_writes_nothing_unless_asked(two_runs: tuple[Path, Path], tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture) -> None:

@@ -148,6 +148,9 @@ def test_export_refuses_bad_outputs_and_keeps_an_existing_file(tmp_path: Path) -
         export_run(tmp_path / "missing", existing)
     assert existing.read_bytes() == b"keep me"
     assert main(["export", "--run", str(tmp_path / "missing"), "--out", str(existing)]) == 2
+    export_run(run, existing)  # a good export sets the earlier file aside instead of replacing it
+    (kept,) = tmp_path.glob("model.previous-*.onnx")
+    assert kept.read_bytes() == b"keep me" and existing.read_bytes()[:8] != b"keep me"
 
 
 def test_onnx_backend_is_cpu_only_and_named_in_errors() -> None:

@@ -334,6 +334,34 @@ def test_outputs_that_are_inputs_are_refused_before_anything_is_written(
         assert photo.read_bytes() == original
 
 
+def test_an_output_name_used_twice_keeps_the_earlier_file(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """--out, --annotate and explain --out over an existing file: the earlier file is moved aside, not lost."""
+    from PIL import Image
+
+    run = save_tiny_run(tmp_path / "run")
+    photo = tmp_path / "face.png"
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(photo)
+    rows, picture, heatmap = tmp_path / "rows.csv", tmp_path / "out.png", tmp_path / "map.png"
+    rows.write_text("someone's earlier results\n")
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(picture)
+    earlier_picture = picture.read_bytes()
+    heatmap.write_bytes(earlier_picture)
+    for _ in range(2):  # the second round sets aside what the first one wrote
+        assert cli_main(["predict", str(photo), "--run", str(run), "--whole-image",
+                         "--out", str(rows), "--annotate", str(picture)]) == 0
+        assert cli_main(["explain", str(photo), "--run", str(run), "--whole-image", "--method", "gradcam",
+                         "--no-road", "--out", str(heatmap)]) == 0
+    capsys.readouterr()
+    kept_rows = sorted(tmp_path.glob("rows.previous-*.csv"))
+    assert len(kept_rows) == 2 and "someone's earlier results\n" in [p.read_text() for p in kept_rows]
+    assert rows.read_text().startswith("source,")
+    for name, new in (("out", picture), ("map", heatmap)):
+        kept = sorted(tmp_path.glob(f"{name}.previous-*.png"))
+        assert len(kept) == 2 and earlier_picture in [p.read_bytes() for p in kept], name
+        assert Image.open(new).size != (8, 8)
+
+
 def test_a_run_keeps_the_exclusion_list_it_trained_with(tmp_path: Path) -> None:
     from emotion.evaluation import load_eval_data
     from emotion.data.sources import save_exclusions
