@@ -164,6 +164,34 @@ for model in "${models[@]}"; do
                                --runs "$DISTILLED,checkpoints/default/members/02-fer7lite1-as-fer3,$OUT/fer3-efficientnet_lite1-112-distill3" \
                                --output-dir "$OUT/ens3-distill3" --fit-weights --data "$DATA" \
                                --classes angry,happy,sad --pack --half ;;
+    # The 7-class Lite1 (fer7's second network) trained 5 more epochs at lr 2e-4, distilling checkpoints/fer7
+    # itself (its two networks), same augmentation, exclusions and seed (docs/TRAINING.md, "The 7-class
+    # model taught by itself").
+    efficientnet_lite1_fer7_distill)
+                           python benchmarks/fer3_val_exclusions.py "$DATA" checkpoints/exclusions/fer3-val.json
+                           run efficientnet_lite1 --classes '' --image-size 112 --batch-size 64 "${PHOTO_AUG[@]}" \
+                               --exclude-file checkpoints/exclusions/fer3-val.json --epochs 5 --learning-rate 2e-4 \
+                               --warmup-ratio 0.05 --early-stopping-patience 3 \
+                               --distill-from checkpoints/fer7 --distill-weight 0.5 --distill-temperature 2 \
+                               --pretrained checkpoints/fer7/members/02-fer7-efficientnet_lite1-112 \
+                               --output-dir "$OUT/fer7-efficientnet_lite1-112-distill" ;;
+    # fer7 with that run as a third network, and with it in place of the second (weights on validation NLL).
+    fer7_distill_ensembles)
+                           [ -f "$OUT/ens7-three/config.json" ] || python -m emotion ensemble \
+                               --runs "$FER7_LITE0,checkpoints/fer7/members/02-fer7-efficientnet_lite1-112,$OUT/fer7-efficientnet_lite1-112-distill" \
+                               --output-dir "$OUT/ens7-three" --fit-weights --data "$DATA" --pack --half
+                           [ -f "$OUT/ens7-swap/config.json" ] || python -m emotion ensemble \
+                               --runs "$FER7_LITE0,$OUT/fer7-efficientnet_lite1-112-distill" \
+                               --output-dir "$OUT/ens7-swap" --fit-weights --data "$DATA" --pack --half ;;
+    # The default with that run's angry/happy/sad rows in place of its second network.
+    default_ensemble_fer7distill)
+                           [ -f "$OUT/fer7distill-as-fer3/config.json" ] || python benchmarks/restrict_classes.py \
+                               "$OUT/fer7-efficientnet_lite1-112-distill" --classes angry,happy,sad \
+                               --validate-like "$DISTILLED" --out "$OUT/fer7distill-as-fer3"
+                           [ -f "$OUT/ens3-fer7distill/config.json" ] || python -m emotion ensemble \
+                               --runs "$DISTILLED,$OUT/fer7distill-as-fer3,checkpoints/default/members/03-fer3-efficientnet_lite1-112-distill" \
+                               --output-dir "$OUT/ens3-fer7distill" --fit-weights --data "$DATA" \
+                               --classes angry,happy,sad --pack --half ;;
     efficientnet_lite0_7to3) run efficientnet_lite0 --image-size 96 --epochs 4 --batch-size 64 \
                            --learning-rate 3e-4 --warmup-ratio 0.1 --early-stopping-patience 3 \
                            --pretrained "$OUT/fer7-efficientnet_lite0-96" \
