@@ -146,7 +146,7 @@ def run_scorer(run_dir: str, classes: list[str], backend: str = "torch") -> Scor
         return p / p.sum(1, keepdims=True)
 
     spec = predictor.run.path if predictor.run else run_dir
-    runtime = ", onnxruntime" if backend == "onnx" else ""
+    runtime = {"onnx": ", onnxruntime", "onnx-int8": ", onnxruntime int8"}.get(backend, "")
     return Scorer(f"ours: {Path(str(spec)).name} ({predictor.model_config.name}, {predictor.input_size} px{runtime})",
                   str(spec), probs)
 
@@ -209,7 +209,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="comma-separated run folders of ours (default: the shipped model)")
     parser.add_argument("--peers", default="fer,facex", help="comma-separated peers: fer, facex ('' = none)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every model")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
                         help="what runs our models: torch, or onnx (onnxruntime) (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=30, help="batch-1 timings per model (median)")
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")

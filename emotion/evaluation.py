@@ -44,7 +44,7 @@ from emotion.data.sources import (
 from emotion.data.transforms import build_transform
 from emotion.face_crops import crop_dataset
 from emotion.faces import crop_config_for
-from emotion.fileio import read_json_or_none, unused_path, utc_now, utc_stamp
+from emotion.fileio import keep_earlier, read_json_or_none, unused_path, utc_now, utc_stamp
 from emotion.metrics import (
     DEFAULT_BINS,
     TEMPERATURE_BOUNDS,
@@ -325,6 +325,45 @@ def _keep_a_temperature_fitted_elsewhere(run_dir: Path, fitted_on: dict) -> None
         return
     logger.warning("the earlier temperature (%s, fitted on %s) was kept as %s", old.get("temperature"),
                    (old.get("fitted_on") or {}).get("data"), kept.name)
+
+
+def calibrate_run_int8(run: Union[str, Path, runs.LoadedRun], data: Union[str, Path, DatasetSplits],
+                       classes: Union[None, str, Sequence[str]] = None, images: int = 256, seed: int = 0,
+                       cache: Optional[DecodedImageCache] = None, save: bool = True) -> dict[str, Any]:
+    """Measure the activation ranges ``--backend onnx-int8`` needs; stored as ``int8_calibration.json``.
+
+    The images are a random ``images`` of the run's training images, its validation
+    share left out (so validation still judges the 8-bit model fairly), preprocessed
+    exactly as prediction preprocesses a face.
+    """
+    from emotion.onnx_backend import INT8_CALIBRATION_FILE, calibrate_int8
+
+    if images < 1:
+        raise ValueError(f"images={images}: use at least 1 (256 is plenty)")
+    run = _as_run(run)
+    train = load_eval_data(run, data, "train", classes)
+    held_out = {str(smp.path) for smp in load_eval_data(run, data, "val", classes).samples}
+    pool = [smp for smp in train.samples if str(smp.path) not in held_out]
+    if not pool:
+        raise DatasetError(f"{train.spec} has no training images outside the run's validation share")
+    picked = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))[:images]]
+    ds, skipped = build_eval_dataset(picked, run.config, cache, runs.trained_on_grayscale(run.spec, run.path))
+    batch = torch.stack([ds[i]["pixel_values"] for i in range(len(ds))])
+    record = calibrate_int8(run.module.float().eval(), run.config.input_size, batch)
+    root = str(train.splits.root) if train.splits.root else None
+    record["measured_on"] = {"data": train.spec, "root": root,
+                             "split": "train, the validation share left out", "images": len(ds),
+                             "seed": seed, "skipped_unreadable": len(skipped)}
+    record["created"] = utc_now()
+    logger.info("int8 activation ranges of %d tensors measured on %d training images",
+                len(record["ranges"].get("data", record["ranges"])), len(ds))
+    if save:
+        path = run.path / INT8_CALIBRATION_FILE
+        old = read_json_or_none(path)
+        if isinstance(old, dict) and old.get("measured_on") != record["measured_on"]:
+            keep_earlier(path)  # measured on other images: someone's choice, kept beside the new one
+        _write_into_run(run.path, INT8_CALIBRATION_FILE, record)
+    return record
 
 
 def evaluate_run(run: Union[str, Path, runs.LoadedRun], data: Union[str, Path, DatasetSplits],

@@ -152,3 +152,22 @@ def test_restricting_a_head_gives_the_renormalised_probabilities(tmp_path: Path)
         restrict.restrict(source, ["angry", "contempt"], tmp_path / "bad")
     with pytest.raises(SystemExit, match="already holds a run"):
         restrict.restrict(source, ["angry", "happy"], out)
+
+
+def test_int8_probe_reports_float32_and_each_calibration(tmp_path: Path) -> None:
+    from conftest import save_tiny_run
+
+    probe = _script("int8_probe")
+    run = save_tiny_run(tmp_path / "run", model="efficientnet_lite0")
+    data = make_class_folders(tmp_path / "faces", {"angry": 6, "happy": 6, "sad": 6})
+    out = tmp_path / "probe.json"
+    assert probe.main(["--run", str(run), "--data", str(data), "--methods", "minmax", "--calibration-images", "4",
+                       "--repeats", "2", "--rounds", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    reference, int8 = result["rows"]
+    assert reference["model"] == "float32" and reference["agreement_with_float32"] == 1.0
+    assert int8["model"] == "int8 minmax" and 0.0 <= int8["agreement_with_float32"] <= 1.0
+    assert int8["bytes"] < reference["bytes"] / 2  # 8-bit weights
+    assert result["calibration_images"] == 4 and result["val_images"] > 0
+    with pytest.raises(SystemExit):
+        probe.main(["--run", str(run), "--data", str(data), "--methods", "bogus"])

@@ -158,3 +158,49 @@ def test_onnx_backend_is_cpu_only_and_named_in_errors() -> None:
         PredictorConfig(backend="onnx", device="cuda")
     with pytest.raises(ValueError, match="must be None or one of torch, onnx"):
         PredictorConfig(backend="tensorrt")
+
+
+# ----------------------------------------------------------------------------- 8 bits (onnx-int8)
+
+def test_int8_needs_ranges_measured_on_training_images_and_then_agrees_with_float(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from conftest import make_class_folders
+    from emotion.config import TrainConfig
+    from emotion.data.sources import load_dataset_spec, validation_holdout
+    from emotion.onnx_backend import INT8_CALIBRATION_FILE
+
+    run = save_tiny_run(tmp_path / "run", model="efficientnet_lite0")
+    data = make_class_folders(tmp_path / "faces", {"angry": 8, "happy": 8, "sad": 8})
+    photo = tmp_path / "face.png"
+    Image.fromarray(skdata.astronaut()).crop((140, 30, 340, 230)).save(photo)
+    predict = ["predict", str(photo), "--run", str(run), "--whole-image", "--json"]
+
+    # no ranges yet: one error line that names the command that makes them
+    assert main([*predict, "--backend", "onnx-int8"]) == 2
+    assert "python -m emotion quantize" in capsys.readouterr().err
+
+    assert main(["quantize", "--run", str(run), "--data", str(data), "--images", "1000", "--json"]) == 0
+    stored = json.loads(capsys.readouterr().out)
+    splits = load_dataset_spec(str(data))
+    train, _, _ = validation_holdout(splits, TrainConfig().val_fraction, 0)  # what the run holds out
+    assert stored["measured_on"]["images"] == len(train) < 20  # every training image, none held out
+    assert (run / INT8_CALIBRATION_FILE).is_file() and "ranges" not in stored
+
+    assert main([*predict, "--backend", "onnx-int8"]) == 0
+    int8 = json.loads(capsys.readouterr().out.splitlines()[0])["faces"][0]["probabilities"]
+    assert main([*predict, "--backend", "onnx"]) == 0
+    full = json.loads(capsys.readouterr().out.splitlines()[0])["faces"][0]["probabilities"]
+    assert max(abs(int8[c] - full[c]) for c in full) < 0.1  # 8 bits: close, not equal
+
+    # measured again on other images: the earlier ranges are kept beside the new ones
+    assert main(["quantize", "--run", str(run), "--data", str(data), "--images", "4", "--seed", "1"]) == 0
+    assert len(list(run.glob("int8_calibration.previous-*.json"))) == 1
+    capsys.readouterr()
+
+    # ranges measured on another graph would quantise the wrong tensors: refused, not used (the int8
+    # cache is keyed by the stored calibration, so this builds afresh)
+    tampered = json.loads((run / INT8_CALIBRATION_FILE).read_text())
+    tampered["graph"] = "0" * 64
+    (run / INT8_CALIBRATION_FILE).write_text(json.dumps(tampered))
+    assert main([*predict, "--backend", "onnx-int8"]) == 2
+    assert "another ONNX graph" in capsys.readouterr().err
