@@ -14,6 +14,10 @@ DISTILLED=${DISTILLED:-checkpoints/default/members/01-default}
 # packed (as float16) inside the two-network checkpoints/fer7. The recipes below that used checkpoints/fer7
 # ran while it was this network.
 FER7_LITE0=${FER7_LITE0:-checkpoints/fer7/members/01-fer7}
+# Shipped models change when a rule passes: recipes written on 2026-12-08 that name checkpoints/default,
+# checkpoints/fer7 or their members/ ran on the folders of commit e233a64 (before the 05:00 UTC change:
+# default's second member was 02-fer7lite1-as-fer3, fer7's second 02-fer7-efficientnet_lite1-112). To rerun
+# one exactly: git worktree add ../at-e233a64 e233a64, and run it there.
 run() { python -m emotion train --data "$DATA" --classes angry,happy,sad --output-dir "$OUT/fer3-$1" --model "$@"; }
 # The augmentation that makes FER2013's soft 48 px crops look more like photos (docs/TRAINING.md).
 PHOTO_AUG=(--crop-scale-min 0.6 --rotation-degrees 15 --blur-sharpen 0.3 --erasing 0.25)

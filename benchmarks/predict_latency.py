@@ -144,7 +144,8 @@ def main() -> None:
                         "blazeface_tiled, blazeface_short (default: %(default)s)")
     p.add_argument("--threads", default="2", help="comma-separated torch thread counts to measure")
     p.add_argument("--backends", default="torch",
-                   help="comma-separated classifier backends to measure: torch, onnx (default: %(default)s)")
+                   help="comma-separated classifier backends to measure: torch, onnx, onnx-int8 "
+                        "(default: %(default)s)")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--redetect-every", type=int, default=5)

@@ -393,7 +393,7 @@ def _add_face_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, choices=["torch", "onnx", "onnx-int8"],
                    help="what runs the classifier: torch, or onnx (onnxruntime, CPU; about 3x faster for the "
                         "shipped model, exported once and cached), or onnx-int8 (8-bit, about 2x faster "
-                        "again; about 1 face in 100 gets another answer; needs `quantize` first) (default: "
+                        "again; 1 to 2 faces in 100 get another answer; needs `quantize` first) (default: "
                         "what the run's config.json recommends, else torch)")
 
 
@@ -792,7 +792,7 @@ def _setup_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True,
                    help="the data the run trained on: a class-folder root, synthetic[:...] or hf:NAME")
     p.add_argument("--classes", default=None,
-                   help="comma-separated classes as in training, when the data has more (e.g. angry,happy,sad)")
+                   help="comma-separated classes as in training, when the data has more (angry,happy,sad)")
     p.add_argument("--images", type=int, default=256,
                    help="training images to measure on, the validation share left out (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="which images are drawn (default: %(default)s)")

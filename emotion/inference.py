@@ -259,7 +259,7 @@ class PredictorConfig:
     backend: Optional[str] = field(default=None, metadata={
         "help": "what runs the classifier: 'torch', or 'onnx' (onnxruntime on the CPU, about 3x faster for "
                 "the shipped model; exported once per set of weights and cached), or 'onnx-int8' (the same "
-                "with 8-bit weights and activations, about 2x faster again, answers differ for about 1 face "
+                "with 8-bit weights and activations, about 2x faster again, answers differ for 1 to 2 faces "
                 "in 100; needs the run's int8_calibration.json); None: what the run's "
                 "config.json recommends (\"inference\": {\"backend\": ...}) when onnxruntime is installed "
                 "and the device is the CPU, else 'torch'"})

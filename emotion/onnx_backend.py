@@ -330,7 +330,8 @@ def calibrate_int8(module: nn.Module, input_size: int, images: torch.Tensor,
         signature = graph_signature(prepared)
     import onnxruntime
 
-    return {"format": INT8_FORMAT, "graph": signature, "input_size": input_size, "images": len(batches),
+    return {"format": INT8_FORMAT, "graph": signature, "weights": weights_digest(module),
+            "input_size": input_size, "images": len(batches),
             "method": "onnxruntime static QDQ, MinMax ranges, int8 weights per channel, uint8 activations",
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "ranges": ranges}
 
@@ -346,6 +347,10 @@ def int8_classifier(module: nn.Module, model_config: ModelConfig, calibration: d
             or not isinstance(calibration.get("ranges"), dict):
         raise ExportError(f"the int8 calibration is not in format {INT8_FORMAT}; make it again with "
                           "python -m emotion quantize")
+    if calibration.get("weights") != weights_digest(module):
+        raise ExportError("the int8 ranges were measured for other weights (the run was trained or changed "
+                          "since); measure them again with python -m emotion quantize --run RUN --data DATA, "
+                          "or use --backend onnx")
     stored = json.dumps(calibration, sort_keys=True)
     key = hashlib.sha256(f"{weights_digest(module)}|{model_config.input_size}|{torch.__version__}|{OPSET}|"
                          f"{stored}".encode()).hexdigest()[:32]

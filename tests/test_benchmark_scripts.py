@@ -161,8 +161,8 @@ def test_int8_probe_reports_float32_and_each_calibration(tmp_path: Path) -> None
     run = save_tiny_run(tmp_path / "run", model="efficientnet_lite0")
     data = make_class_folders(tmp_path / "faces", {"angry": 6, "happy": 6, "sad": 6})
     out = tmp_path / "probe.json"
-    assert probe.main(["--run", str(run), "--data", str(data), "--methods", "minmax", "--calibration-images", "4",
-                       "--repeats", "2", "--rounds", "1", "--json", str(out)]) == 0
+    assert probe.main(["--run", str(run), "--data", str(data), "--methods", "minmax",
+                       "--calibration-images", "4", "--repeats", "2", "--rounds", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     reference, int8 = result["rows"]
     assert reference["model"] == "float32" and reference["agreement_with_float32"] == 1.0

@@ -197,10 +197,10 @@ def test_int8_needs_ranges_measured_on_training_images_and_then_agrees_with_floa
     assert len(list(run.glob("int8_calibration.previous-*.json"))) == 1
     capsys.readouterr()
 
-    # ranges measured on another graph would quantise the wrong tensors: refused, not used (the int8
-    # cache is keyed by the stored calibration, so this builds afresh)
-    tampered = json.loads((run / INT8_CALIBRATION_FILE).read_text())
-    tampered["graph"] = "0" * 64
-    (run / INT8_CALIBRATION_FILE).write_text(json.dumps(tampered))
-    assert main([*predict, "--backend", "onnx-int8"]) == 2
-    assert "another ONNX graph" in capsys.readouterr().err
+    # ranges measured on another graph, or for other weights, would quantise wrongly: refused, not used
+    # (the int8 cache is keyed by the stored calibration, so each of these builds afresh)
+    good = json.loads((run / INT8_CALIBRATION_FILE).read_text())
+    for key, message in (("graph", "another ONNX graph"), ("weights", "for other weights")):
+        (run / INT8_CALIBRATION_FILE).write_text(json.dumps({**good, key: "0" * 64}))
+        assert main([*predict, "--backend", "onnx-int8"]) == 2
+        assert message in capsys.readouterr().err, key

@@ -210,7 +210,7 @@ def model_page(key: str, choose_backend: bool = False
             key=f"{key}_backend",
             help="onnx: the same network run by onnxruntime on the CPU, about 3x faster per face for the "
                  "shipped model (same probabilities within 1e-4); onnx-int8: 8-bit weights and activations, "
-                 "about 2x faster again, about 1 face in 100 answered differently (the model needs "
+                 "about 2x faster again, 1 to 2 faces in 100 answered differently (the model needs "
                  "int8_calibration.json: `python -m emotion quantize`); recommended: what the model's "
                  "config.json says, else torch"))
         backend = None if picked == "recommended" else picked
