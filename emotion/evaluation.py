@@ -57,6 +57,7 @@ from emotion.metrics import (
 )
 from emotion.models.registry import ModelConfig, logits_of
 from emotion.names import slug
+from emotion.onnx_backend import INT8_CALIBRATION_FILE, calibrate_int8
 from emotion.profiling import device_of, measure_latency, measure_throughput, model_stats
 
 logger = logging.getLogger(__name__)
@@ -336,8 +337,6 @@ def calibrate_run_int8(run: Union[str, Path, runs.LoadedRun], data: Union[str, P
     share left out (so validation still judges the 8-bit model fairly), preprocessed
     exactly as prediction preprocesses a face.
     """
-    from emotion.onnx_backend import INT8_CALIBRATION_FILE, calibrate_int8
-
     if images < 1:
         raise ValueError(f"images={images}: use at least 1 (256 is plenty)")
     run = _as_run(run)
