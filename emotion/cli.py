@@ -805,6 +805,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     from emotion.evaluation import calibrate_run_int8
     from emotion.inference import resolve_run
+    from emotion.run_files import INT8_CALIBRATION_FILE
 
     if args.images < 1:
         raise ConfigError(f"--images {args.images}: use at least 1 (256 is plenty)")
@@ -814,7 +815,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**summary, "run": str(choice.path)}))
     else:
-        print(f"stored {choice.path}/int8_calibration.json: activation ranges from "
+        print(f"stored {Path(choice.path) / INT8_CALIBRATION_FILE}: activation ranges from "
               f"{record['measured_on']['images']} training images of {record['measured_on']['data']}; "
               f"use it with --backend onnx-int8")
     return 0

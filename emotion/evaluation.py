@@ -44,7 +44,7 @@ from emotion.data.sources import (
 from emotion.data.transforms import build_transform
 from emotion.face_crops import crop_dataset
 from emotion.faces import crop_config_for
-from emotion.fileio import keep_earlier, read_json_or_none, unused_path, utc_now, utc_stamp
+from emotion.fileio import keep_earlier, read_json_or_none, utc_now
 from emotion.metrics import (
     DEFAULT_BINS,
     TEMPERATURE_BOUNDS,
@@ -57,7 +57,7 @@ from emotion.metrics import (
 )
 from emotion.models.registry import ModelConfig, logits_of
 from emotion.names import slug
-from emotion.onnx_backend import INT8_CALIBRATION_FILE, calibrate_int8
+from emotion.onnx_backend import calibrate_int8
 from emotion.profiling import device_of, measure_latency, measure_throughput, model_stats
 
 logger = logging.getLogger(__name__)
@@ -302,30 +302,26 @@ def fit_run_temperature(run: Union[str, Path, runs.LoadedRun], data: Union[str, 
     logger.info("temperature %.3f on %d validation images (NLL %.4f -> %.4f)", temperature, len(ds),
                 record["nll_before"], record["nll_after"])
     if save:
-        _keep_a_temperature_fitted_elsewhere(run.path, record["fitted_on"])
+        _keep_one_made_on_other_images(run.path / runs.TEMPERATURE_FILE, "fitted_on", record["fitted_on"])
         _write_into_run(run.path, runs.TEMPERATURE_FILE, record)
     return record
 
 
-def _keep_a_temperature_fitted_elsewhere(run_dir: Path, fitted_on: dict) -> None:
-    """Rename a stored temperature fitted on other images to ``temperature.previous-<time>.json``.
+def _keep_one_made_on_other_images(path: Path, key: str, made_on: dict) -> None:
+    """Move a stored fit (``temperature.json``, ``int8_calibration.json``) aside when its ``key`` record
+    says it was made on other images: to ``NAME.previous-<time>.json`` (:func:`keep_earlier`).
 
-    Why: the stored temperature changes every prediction the run makes; one
-    fitted on other data (another dataset, another seed) is a choice someone
-    made, so a new fit keeps it beside itself instead of erasing it.
+    Why: such a file changes every prediction the run makes; one made on other data
+    (another dataset, another seed) is a choice someone made, so a new fit keeps it
+    beside itself instead of erasing it.  A refit on the same images replaces it.
     """
-    path = run_dir / runs.TEMPERATURE_FILE
     old = read_json_or_none(path)
-    if not isinstance(old, dict) or old.get("fitted_on") == fitted_on:
+    if not isinstance(old, dict) or old.get(key) == made_on:
         return
-    kept = unused_path(path.with_name(f"temperature.previous-{utc_stamp()}.json"))
     try:
-        path.rename(kept)
+        keep_earlier(path)  # it says where the earlier one went
     except OSError as exc:  # a read-only shipped model: the write after this warns as well
         logger.debug("kept %s in place (%s)", path, exc)
-        return
-    logger.warning("the earlier temperature (%s, fitted on %s) was kept as %s", old.get("temperature"),
-                   (old.get("fitted_on") or {}).get("data"), kept.name)
 
 
 def calibrate_run_int8(run: Union[str, Path, runs.LoadedRun], data: Union[str, Path, DatasetSplits],
@@ -357,11 +353,9 @@ def calibrate_run_int8(run: Union[str, Path, runs.LoadedRun], data: Union[str, P
     logger.info("int8 activation ranges of %d tensors measured on %d training images",
                 len(record["ranges"].get("data", record["ranges"])), len(ds))
     if save:
-        path = run.path / INT8_CALIBRATION_FILE
-        old = read_json_or_none(path)
-        if isinstance(old, dict) and old.get("measured_on") != record["measured_on"]:
-            keep_earlier(path)  # measured on other images: someone's choice, kept beside the new one
-        _write_into_run(run.path, INT8_CALIBRATION_FILE, record)
+        _keep_one_made_on_other_images(run.path / runs.INT8_CALIBRATION_FILE, "measured_on",
+                                       record["measured_on"])
+        _write_into_run(run.path, runs.INT8_CALIBRATION_FILE, record)
     return record
 
 

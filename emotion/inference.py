@@ -56,7 +56,6 @@ from emotion.models import ModelConfig, ModelError
 from emotion.models.registry import logits_of
 from emotion.onnx_backend import (
     BACKENDS,
-    INT8_CALIBRATION_FILE,
     ONNX_BACKENDS,
     ExportError,
     int8_classifier,
@@ -378,7 +377,7 @@ class Predictor:
         if self.run is None:
             raise ExportError("backend 'onnx-int8' needs a run folder with int8_calibration.json; load the "
                               "predictor with Predictor.from_run")
-        path = Path(self.run.path) / INT8_CALIBRATION_FILE
+        path = Path(self.run.path) / runs.INT8_CALIBRATION_FILE
         calibration = read_json_or_none(path)
         if calibration is None:
             raise ExportError(f"{path} is missing or unreadable: measure the 8-bit ranges with "

@@ -46,7 +46,6 @@ OPSET = 18
 TOLERANCE = 1e-4  # largest allowed difference of any class probability between PyTorch and onnxruntime
 BACKENDS = ("torch", "onnx", "onnx-int8")
 ONNX_BACKENDS = ("onnx", "onnx-int8")  # run by onnxruntime, CPU only
-INT8_CALIBRATION_FILE = "int8_calibration.json"
 INT8_FORMAT = 1
 DEFAULT_THREADS = 1  # onnxruntime threads per call (OnnxClassifier explains why one)
 METADATA_PREFIX = "emotion."
@@ -348,12 +347,13 @@ def int8_classifier(module: nn.Module, model_config: ModelConfig, calibration: d
             or not isinstance(calibration.get("ranges"), dict):
         raise ExportError(f"the int8 calibration is not in format {INT8_FORMAT}; make it again with "
                           "python -m emotion quantize")
-    if calibration.get("weights") != weights_digest(module):
+    weights = weights_digest(module)
+    if calibration.get("weights") != weights:
         raise ExportError("the int8 ranges were measured for other weights (the run was trained or changed "
                           "since); measure them again with python -m emotion quantize --run RUN --data DATA, "
                           "or use --backend onnx")
     stored = json.dumps(calibration, sort_keys=True)
-    key = hashlib.sha256(f"{weights_digest(module)}|{model_config.input_size}|{torch.__version__}|{OPSET}|"
+    key = hashlib.sha256(f"{weights}|{model_config.input_size}|{torch.__version__}|{OPSET}|"
                          f"{stored}".encode()).hexdigest()[:32]
     path = onnx_cache_dir() / f"{model_config.name}-int8-{key}.onnx"
     if cache and path.is_file():

@@ -25,6 +25,8 @@ RUN_LOCK_FILE = ".train.lock"  # held (flock) by the training process for as lon
 TRAIN_LOG_FILE = "train.log"  # a background job's stdout and stderr
 # the --exclude-file list as training read it (the original may change later)
 EXCLUSIONS_COPY_FILE = "exclusions.json"
+# activation ranges for --backend onnx-int8 (python -m emotion quantize), valid for these weights only
+INT8_CALIBRATION_FILE = "int8_calibration.json"
 
 # What a run folder holds: any of these marks a folder as a run's (the job queue writes train.log first).
 RUN_MARKERS = (STATUS_FILE, CONFIG_FILE, TRAIN_CONFIG_FILE, PROGRESS_FILE, TRAIN_LOG_FILE, RUN_LOCK_FILE,

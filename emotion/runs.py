@@ -25,6 +25,7 @@ from emotion.processes import recorded_process_alive
 from emotion.run_files import (  # noqa: F401  (the names every caller reads as runs.CONFIG_FILE etc.)
     CONFIG_FILE,
     EXCLUSIONS_COPY_FILE,
+    INT8_CALIBRATION_FILE,
     HISTORY_FILE,
     LABELS_FILE,
     METRICS_FILE,

@@ -310,7 +310,7 @@ def check_run_folder(run_dir: Path, overwrite: bool = False) -> None:
 # what a finished run leaves besides its checkpoints; --overwrite moves these aside before training again
 REPLACED_RESULTS = (runs.WEIGHTS_FILE, runs.CONFIG_FILE, runs.LABELS_FILE, runs.METRICS_FILE,
                     runs.HISTORY_FILE, runs.TEMPERATURE_FILE, runs.PROGRESS_FILE, runs.EXCLUSIONS_COPY_FILE,
-                    "int8_calibration.json", "evaluations", "README.md")
+                    runs.INT8_CALIBRATION_FILE, "evaluations", "README.md")
 
 
 def set_aside_results(run_dir: Path) -> Optional[Path]:

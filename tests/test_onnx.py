@@ -167,7 +167,7 @@ def test_int8_needs_ranges_measured_on_training_images_and_then_agrees_with_floa
     from conftest import make_class_folders
     from emotion.config import TrainConfig
     from emotion.data.sources import load_dataset_spec, validation_holdout
-    from emotion.onnx_backend import INT8_CALIBRATION_FILE
+    from emotion.run_files import INT8_CALIBRATION_FILE
 
     run = save_tiny_run(tmp_path / "run", model="efficientnet_lite0")
     data = make_class_folders(tmp_path / "faces", {"angry": 8, "happy": 8, "sad": 8})
