@@ -14,6 +14,8 @@ DISTILLED=${DISTILLED:-checkpoints/default/members/01-default}
 # packed (as float16) inside the two-network checkpoints/fer7. The recipes below that used checkpoints/fer7
 # ran while it was this network.
 FER7_LITE0=${FER7_LITE0:-checkpoints/fer7/members/01-fer7}
+# The Lite1 student at 112 px (efficientnet_lite1_112_distill), packed as the default's third member.
+DEFAULT_LITE1=${DEFAULT_LITE1:-checkpoints/default/members/03-fer3-efficientnet_lite1-112-distill}
 # Shipped models change when a rule passes: recipes written on 2026-12-08 that name checkpoints/default,
 # checkpoints/fer7 or their members/ ran on the folders of commit e233a64 (before the 05:00 UTC change:
 # default's second member was 02-fer7lite1-as-fer3, fer7's second 02-fer7-efficientnet_lite1-112). To rerun
@@ -27,10 +29,20 @@ ensemble() {
   [ -f "$out/config.json" ] || python -m emotion ensemble --runs "$(IFS=,; echo "$*")" \
       --output-dir "$out" --fit-weights --data "$DATA" --classes angry,happy,sad
 }
+# rows_of RUN7 OUT: a 7-class run's angry/happy/sad rows as a 3-class run in OUT (once).
+rows_of() {
+  [ -f "$2/config.json" ] || python benchmarks/restrict_classes.py "$1" \
+      --classes angry,happy,sad --validate-like "$DISTILLED" --out "$2"
+}
 # The shipped 7-class model's angry/happy/sad rows as a 3-class run (once).
-restricted_fer7() {
-  [ -f "$OUT/fer7-as-fer3/config.json" ] || python benchmarks/restrict_classes.py "$FER7_LITE0" \
-      --classes angry,happy,sad --validate-like "$DISTILLED" --out "$OUT/fer7-as-fer3"
+restricted_fer7() { rows_of "$FER7_LITE0" "$OUT/fer7-as-fer3"; }
+# packed OUT CLASSES MEMBER...: the ensemble of the MEMBER runs packed into OUT with float16 weights, fitted
+# on validation NLL (once); CLASSES angry,happy,sad, or '' for all seven.
+packed() {
+  local out=$1 classes=$2; shift 2
+  local only=(); [ -n "$classes" ] && only=(--classes "$classes")
+  [ -f "$out/config.json" ] || python -m emotion ensemble --runs "$(IFS=,; echo "$*")" \
+      --output-dir "$out" --fit-weights --data "$DATA" "${only[@]}" --pack --half
 }
 # fer7 OUT ARG...: efficientnet_lite0 on all seven classes at 96 px with the photo-like augmentation, into
 # $OUT/OUT; the 3-class validation images stay out (fer3_val_exclusions.py), so it can also pre-train a
@@ -126,32 +138,20 @@ for model in "${models[@]}"; do
     # weights fitted on validation NLL, packed into one folder as float16.
     default_ensemble)
                            restricted_fer7
-                           [ -f "$OUT/ens3-default/config.json" ] || python -m emotion ensemble \
-                               --runs "$DISTILLED,$OUT/fer7-as-fer3,$OUT/fer3-efficientnet_lite1-112-distill" \
-                               --output-dir "$OUT/ens3-default" --fit-weights --data "$DATA" \
-                               --classes angry,happy,sad --pack --half ;;
+                           packed "$OUT/ens3-default" angry,happy,sad "$DISTILLED" "$OUT/fer7-as-fer3" \
+                               "$OUT/fer3-efficientnet_lite1-112-distill" ;;
     # The shipped 7-class model and its third stage (efficientnet_lite0_fer7_long2) as one packed ensemble,
     # weights fitted on the 7-class validation images (docs/TRAINING.md, "A third 7-class stage").
-    fer7_ensemble)
-                           [ -f "$OUT/ens-fer7+long2/config.json" ] || python -m emotion ensemble \
-                               --runs "$FER7_LITE0,$OUT/fer7-efficientnet_lite0-96-long2" \
-                               --output-dir "$OUT/ens-fer7+long2" --fit-weights --data "$DATA" --pack --half ;;
+    fer7_ensemble)         packed "$OUT/ens-fer7+long2" '' "$FER7_LITE0" "$OUT/fer7-efficientnet_lite0-96-long2" ;;
     # The Lite1 7-class run and the shipped 7-class model as one packed ensemble, weights fitted on the
     # 7-class validation images (docs/TRAINING.md, "A larger 7-class network", second rule).
-    fer7_lite1_ensemble)
-                           [ -f "$OUT/ens-fer7+lite1/config.json" ] || python -m emotion ensemble \
-                               --runs "$FER7_LITE0,$OUT/fer7-efficientnet_lite1-112" \
-                               --output-dir "$OUT/ens-fer7+lite1" --fit-weights --data "$DATA" --pack --half ;;
+    fer7_lite1_ensemble)   packed "$OUT/ens-fer7+lite1" '' "$FER7_LITE0" "$OUT/fer7-efficientnet_lite1-112" ;;
     # The default's three networks with the restricted Lite0 7-class member swapped for the Lite1 7-class
     # run's angry/happy/sad rows (docs/TRAINING.md, "A larger 7-class network", third rule).
     default_ensemble_lite1fer7)
-                           [ -f "$OUT/fer7lite1-as-fer3/config.json" ] || python benchmarks/restrict_classes.py \
-                               "$OUT/fer7-efficientnet_lite1-112" --classes angry,happy,sad \
-                               --validate-like "$DISTILLED" --out "$OUT/fer7lite1-as-fer3"
-                           [ -f "$OUT/ens3-lite1fer7/config.json" ] || python -m emotion ensemble \
-                               --runs "$DISTILLED,$OUT/fer7lite1-as-fer3,checkpoints/default/members/03-fer3-efficientnet_lite1-112-distill" \
-                               --output-dir "$OUT/ens3-lite1fer7" --fit-weights --data "$DATA" \
-                               --classes angry,happy,sad --pack --half ;;
+                           rows_of "$OUT/fer7-efficientnet_lite1-112" "$OUT/fer7lite1-as-fer3"
+                           packed "$OUT/ens3-lite1fer7" angry,happy,sad "$DISTILLED" "$OUT/fer7lite1-as-fer3" \
+                               "$DEFAULT_LITE1" ;;
     # One network with the three-network default's knowledge: the default's Lite1 member (3 classes, 112 px)
     # trained 6 more epochs at lr 2e-4 with the photo-like augmentation, distilling the default itself
     # (docs/TRAINING.md, "One network taught by the default").
@@ -159,15 +159,12 @@ for model in "${models[@]}"; do
                            run efficientnet_lite1 --image-size 112 --epochs 6 --batch-size 64 --learning-rate 2e-4 \
                                --warmup-ratio 0.05 --early-stopping-patience 3 "${PHOTO_AUG[@]}" \
                                --distill-from checkpoints/default --distill-weight 0.5 --distill-temperature 2 \
-                               --pretrained checkpoints/default/members/03-fer3-efficientnet_lite1-112-distill \
-                               --output-dir "$OUT/fer3-efficientnet_lite1-112-distill3" ;;
+                               --pretrained "$DEFAULT_LITE1" --output-dir "$OUT/fer3-efficientnet_lite1-112-distill3" ;;
     # The default with its third member swapped for the network the default itself taught (above); the
     # rule that decides it is in docs/TRAINING.md, "One network taught by the default".
     default_ensemble_distill3)
-                           [ -f "$OUT/ens3-distill3/config.json" ] || python -m emotion ensemble \
-                               --runs "$DISTILLED,checkpoints/default/members/02-fer7lite1-as-fer3,$OUT/fer3-efficientnet_lite1-112-distill3" \
-                               --output-dir "$OUT/ens3-distill3" --fit-weights --data "$DATA" \
-                               --classes angry,happy,sad --pack --half ;;
+                           packed "$OUT/ens3-distill3" angry,happy,sad "$DISTILLED" \
+                               checkpoints/default/members/02-fer7lite1-as-fer3 "$OUT/fer3-efficientnet_lite1-112-distill3" ;;
     # The 7-class Lite1 (fer7's second network) trained 5 more epochs at lr 2e-4, distilling checkpoints/fer7
     # itself (its two networks), same augmentation, exclusions and seed (docs/TRAINING.md, "The 7-class
     # model taught by itself").
@@ -181,21 +178,14 @@ for model in "${models[@]}"; do
                                --output-dir "$OUT/fer7-efficientnet_lite1-112-distill" ;;
     # fer7 with that run as a third network, and with it in place of the second (weights on validation NLL).
     fer7_distill_ensembles)
-                           [ -f "$OUT/ens7-three/config.json" ] || python -m emotion ensemble \
-                               --runs "$FER7_LITE0,checkpoints/fer7/members/02-fer7-efficientnet_lite1-112,$OUT/fer7-efficientnet_lite1-112-distill" \
-                               --output-dir "$OUT/ens7-three" --fit-weights --data "$DATA" --pack --half
-                           [ -f "$OUT/ens7-swap/config.json" ] || python -m emotion ensemble \
-                               --runs "$FER7_LITE0,$OUT/fer7-efficientnet_lite1-112-distill" \
-                               --output-dir "$OUT/ens7-swap" --fit-weights --data "$DATA" --pack --half ;;
+                           packed "$OUT/ens7-three" '' "$FER7_LITE0" checkpoints/fer7/members/02-fer7-efficientnet_lite1-112 \
+                               "$OUT/fer7-efficientnet_lite1-112-distill"
+                           packed "$OUT/ens7-swap" '' "$FER7_LITE0" "$OUT/fer7-efficientnet_lite1-112-distill" ;;
     # The default with that run's angry/happy/sad rows in place of its second network.
     default_ensemble_fer7distill)
-                           [ -f "$OUT/fer7distill-as-fer3/config.json" ] || python benchmarks/restrict_classes.py \
-                               "$OUT/fer7-efficientnet_lite1-112-distill" --classes angry,happy,sad \
-                               --validate-like "$DISTILLED" --out "$OUT/fer7distill-as-fer3"
-                           [ -f "$OUT/ens3-fer7distill/config.json" ] || python -m emotion ensemble \
-                               --runs "$DISTILLED,$OUT/fer7distill-as-fer3,checkpoints/default/members/03-fer3-efficientnet_lite1-112-distill" \
-                               --output-dir "$OUT/ens3-fer7distill" --fit-weights --data "$DATA" \
-                               --classes angry,happy,sad --pack --half ;;
+                           rows_of "$OUT/fer7-efficientnet_lite1-112-distill" "$OUT/fer7distill-as-fer3"
+                           packed "$OUT/ens3-fer7distill" angry,happy,sad "$DISTILLED" "$OUT/fer7distill-as-fer3" \
+                               "$DEFAULT_LITE1" ;;
     efficientnet_lite0_7to3) run efficientnet_lite0 --image-size 96 --epochs 4 --batch-size 64 \
                            --learning-rate 3e-4 --warmup-ratio 0.1 --early-stopping-patience 3 \
                            --pretrained "$OUT/fer7-efficientnet_lite0-96" \
